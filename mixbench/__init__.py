@@ -1,0 +1,3 @@
+"""mixbench: benchmark mixup data augmentation on one fast PyTorch engine."""
+
+__version__ = "0.1.0"
