@@ -140,6 +140,7 @@ def fit(
     if tcfg["compile"] and device.type == "cpu" and sys.platform == "win32":
         raise UserError("[train].compile is not supported on Windows CPUs; set it to false")
 
+    RunDir.check(out_root, recipe.name, recipe.run_id(), resume=resume, overwrite=overwrite)
     seed_everything(recipe.seed, tcfg["deterministic"])
     loader_gen = torch.Generator(device=device)
     loader_gen.manual_seed(recipe.seed)

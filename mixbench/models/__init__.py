@@ -1,0 +1,114 @@
+"""Backbones: CIFAR-style ResNets, PreActResNet, WRN, ResNeXt, and any timm model.
+
+``build_model(name, num_classes)`` returns a :class:`Classifier` (backbone + linear head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mixbench.errors import UserError
+from mixbench.models.base import Backbone, Classifier
+from mixbench.models.preact_resnet import preactresnet18, wrn28_8
+from mixbench.models.resnet_cifar import BasicBlock, Bottleneck, resnet_backbone, resnext_groups
+from mixbench.registry import Registry
+
+MODELS = Registry("model")
+
+
+@MODELS.register("resnet18_cifar", doc="ResNet-18, CIFAR stem (3x3 stride 1, no max-pool), 512-d features")
+def resnet18_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
+    return resnet_backbone(BasicBlock, [2, 2, 2, 2], width=width, in_chans=in_chans,
+                           zero_init_residual=zero_init_residual)
+
+
+@MODELS.register("resnet34_cifar", doc="ResNet-34, CIFAR stem, 512-d features")
+def resnet34_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
+    return resnet_backbone(BasicBlock, [3, 4, 6, 3], width=width, in_chans=in_chans,
+                           zero_init_residual=zero_init_residual)
+
+
+@MODELS.register("resnet50_cifar", doc="ResNet-50 (bottleneck), CIFAR stem, 2048-d features")
+def resnet50_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
+    return resnet_backbone(Bottleneck, [3, 4, 6, 3], width=width, in_chans=in_chans,
+                           zero_init_residual=zero_init_residual)
+
+
+@MODELS.register("resnext50_32x4d_cifar", doc="ResNeXt-50 32x4d, CIFAR stem, 2048-d features")
+def resnext50_32x4d_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
+    return resnet_backbone(Bottleneck, [3, 4, 6, 3], width=width, in_chans=in_chans,
+                           groups=resnext_groups(width), base_width=4,
+                           zero_init_residual=zero_init_residual)
+
+
+@MODELS.register("preactresnet18_cifar", doc="pre-activation ResNet-18, CIFAR stem, 512-d features")
+def preactresnet18_cifar(width=1.0, in_chans=3, drop_rate=0.0, **_):
+    return preactresnet18(width, in_chans, drop_rate)
+
+
+@MODELS.register("wrn28_8_cifar", doc="Wide ResNet-28-8 (pre-activation, dropout option), 512-d features")
+def wrn28_8_cifar(width=1.0, in_chans=3, drop_rate=0.0, **_):
+    return wrn28_8(width, in_chans, drop_rate)
+
+
+def build_backbone(name: str, *, width: float = 1.0, in_chans: int = 3, image_size: int = 32,
+                   zero_init_residual: bool = True, drop_rate: float = 0.0) -> Backbone:
+    if name.startswith("timm:"):
+        from mixbench.models.timm_bridge import timm_backbone
+
+        return timm_backbone(name[5:], in_chans=in_chans, image_size=image_size, drop_rate=drop_rate)
+    return MODELS.get(name)(width=width, in_chans=in_chans, zero_init_residual=zero_init_residual,
+                            drop_rate=drop_rate)
+
+
+def build_model(name: str, num_classes: int, *, width: float = 1.0, in_chans: int = 3,
+                image_size: int = 32, weights: str | None = None, zero_init_residual: bool = True,
+                drop_rate: float = 0.0) -> Classifier:
+    """A :class:`Classifier` for ``name`` (a registered backbone or ``timm:<name>``)."""
+    model = Classifier(build_backbone(name, width=width, in_chans=in_chans, image_size=image_size,
+                                      zero_init_residual=zero_init_residual, drop_rate=drop_rate),
+                       num_classes)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: Classifier, path: str | Path) -> None:
+    """Load a backbone state_dict, a Classifier state_dict, or a checkpoint with a ``model`` key.
+
+    The backbone must match exactly; the head is loaded only when its shape matches (a new
+    number of classes keeps the fresh head).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"[model].weights: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a foreign or truncated file
+        raise UserError(f"[model].weights: cannot read {path} ({type(e).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"[model].weights: {path} does not hold a state_dict")
+    if any(k.startswith("backbone.") for k in state):
+        backbone_state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
+        head_state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+    else:
+        backbone_state, head_state = state, {}
+    own = model.backbone.state_dict()
+    missing = sorted(set(own) - set(backbone_state))
+    unexpected = sorted(set(backbone_state) - set(own))
+    wrong = sorted(k for k in set(own) & set(backbone_state) if own[k].shape != backbone_state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}" for label, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        raise UserError(f"[model].weights: {path} does not fit this backbone ({detail})")
+    model.backbone.load_state_dict(backbone_state)
+    own_head = model.head.state_dict()
+    if head_state and all(k in head_state and head_state[k].shape == v.shape for k, v in own_head.items()):
+        model.head.load_state_dict(head_state)
+
+
+__all__ = ["MODELS", "Backbone", "Classifier", "build_model", "build_backbone", "load_weights"]

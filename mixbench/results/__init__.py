@@ -1,0 +1,1 @@
+"""Run records (write, read) and the leaderboard."""
