@@ -125,7 +125,9 @@ def load_image_data(cfg: DataConfig) -> ImageData:
     entry = DATASETS.entry(cfg.source)
     key = {"source": cfg.source, "image_size": cfg.image_size, "train_size": cfg.train_size,
            "test_size": cfg.test_size, "seed": cfg.seed}
-    if cfg.source != "shapes":
+    if cfg.source == "shapes":
+        key["generator_version"] = shapes.VERSION
+    else:
         root = _root(cfg).resolve()
         if not root.exists() and not cfg.download:
             entry.factory(cfg)  # raises the source's own message naming the files it expects

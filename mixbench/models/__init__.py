@@ -18,6 +18,12 @@ from mixbench.registry import Registry
 MODELS = Registry("model")
 
 
+@MODELS.register("resnet10_cifar", doc="ResNet-10 (one basic block per stage), CIFAR stem: the small CPU backbone")
+def resnet10_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
+    return resnet_backbone(BasicBlock, [1, 1, 1, 1], width=width, in_chans=in_chans,
+                           zero_init_residual=zero_init_residual)
+
+
 @MODELS.register("resnet18_cifar", doc="ResNet-18, CIFAR stem (3x3 stride 1, no max-pool), 512-d features")
 def resnet18_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
     return resnet_backbone(BasicBlock, [2, 2, 2, 2], width=width, in_chans=in_chans,
