@@ -7,6 +7,7 @@ a corrupt file is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,8 +49,6 @@ def cached(cache_dir: str | None, key: dict[str, Any], build: Callable[[], dict[
         except Exception:  # truncated or corrupt: rebuild below
             pass
     data = build()
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache folder must not stop training
         atomic_torch_save(path, data)
-    except OSError:  # a read-only cache folder must not stop training
-        pass
     return data

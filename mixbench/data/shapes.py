@@ -1,8 +1,9 @@
 """``shapes``: a synthetic 10-class data set generated from a seed, nothing on disk.
 
-Each image is one geometric shape (the class) with random colour, size, position and rotation,
-drawn over a random texture (stripes, checkerboard, gradient or smooth noise) with pixel noise. Colour and background carry no class information, so a model
-must find the foreground: exactly what cut-and-paste mixing acts on.
+Each image is one geometric shape (the class) with random light colour, size, position and a
+small rotation, drawn over a darker random texture (stripes, checkerboard, gradient or smooth
+noise) with pixel noise. Colour and background carry no class information, so a model must find
+the foreground: exactly what cut-and-paste mixing acts on.
 """
 
 from __future__ import annotations

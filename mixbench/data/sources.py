@@ -126,7 +126,7 @@ def _listing(root: Path) -> dict[str, list[tuple[str, str, object]]]:
     found: dict[str, list[tuple[str, str, object]]] = {"train": [], "test": []}
     if root.is_file():
         try:
-            tar = tarfile.open(root, "r:*")
+            tar = tarfile.open(root, "r:*")  # noqa: SIM115 - members are read after listing
         except (tarfile.TarError, OSError) as e:
             raise UserError(f"[data].root: {root} is not a readable tar archive ({e})") from None
         for member in tar:
@@ -168,6 +168,16 @@ def read_imagefolder(root: Path, image_size: int | None, train_size: int | None,
         raise UserError(f"[data].root: {root} does not exist; imagefolder expects train/ and test/ "
                         "(or val/) class folders, or a .tar/.tar.gz of them")
     found = _listing(root)
+    try:
+        return _decode_listing(root, found, image_size, train_size, test_size, seed)
+    finally:
+        for entry in found["train"][:1] + found["test"][:1]:
+            if isinstance(entry[2], tuple):
+                entry[2][0].close()
+
+
+def _decode_listing(root: Path, found: dict, image_size: int | None, train_size: int | None,
+                    test_size: int | None, seed: int) -> Split:
     if not found["train"] or not found["test"]:
         raise UserError(f"[data].root: {root} needs train/<class>/ and test/<class>/ (or val/<class>/) "
                         f"image folders; found {len(found['train'])} train and {len(found['test'])} "

@@ -278,7 +278,7 @@ def fit(
                     "top1": None, "top5": None, "epoch_seconds": train_s,
                     "images_per_s": steps_per_epoch * batch / train_s,
                 }
-                if epoch % ecfg["every"] == 0 or epoch == epochs or epoch == stop_after:
+                if epoch % ecfg["every"] == 0 or epoch in (epochs, stop_after):
                     t_eval = time.perf_counter()
                     record["top1"], record["top5"] = evaluate(run_model, test_loader, device,
                                                               tcfg["precision"])
