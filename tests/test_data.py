@@ -246,7 +246,7 @@ def test_rrc_changes_images_but_keeps_shape():
                           std=(1, 1, 1), generator=g)
     (xb, _), = list(loader)
     assert xb.shape == (4, 3, 16, 16) and xb.dtype == torch.float32
-    assert 0 <= xb.min() and xb.max() <= 1.0001
+    assert xb.min() >= 0 and xb.max() <= 1.0001
 
 
 def test_build_loaders_channels_last(tmp_path):
