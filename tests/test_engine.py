@@ -155,8 +155,13 @@ def test_bf16_and_options_train(tiny_recipe, tmp_path, precision):
     assert "ema_top1" in read_jsonl(result.run_dir / "metrics.jsonl")[-1]
 
 
-def test_fp16_on_cpu_is_a_user_error(tiny_recipe, tmp_path):
-    recipe = load_recipe(tiny_recipe(), ["train.precision=fp16"])
-    with pytest.raises(UserError, match="fp16"):
-        fit(recipe, out_root=tmp_path, device=CPU)
-    assert not (tmp_path / "tiny").exists()
+def test_fp16_grad_scaler_path_trains_and_resumes(tiny_recipe, tmp_path):
+    """The CUDA fp16 path (autocast + GradScaler + unscale before clipping), run on the CPU."""
+    path = tiny_recipe(epochs=2)
+    sets = ["train.precision=fp16", "train.grad_clip=1.0"]
+    half = fit(load_recipe(path, sets + ["train.stop_after=1"]), out_root=tmp_path, device=CPU)
+    ckpt = torch.load(half.run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
+    done = fit(load_recipe(path, sets), out_root=tmp_path, device=CPU, resume=True)
+    assert done.status == "completed" and math.isfinite(done.summary["top1_last"])
+    assert done.summary["epochs_done"] == 2

@@ -135,8 +135,6 @@ def fit(
 
     dist = DistInfo.from_env()
     tcfg, ecfg = recipe.train, recipe.eval
-    if tcfg["precision"] == "fp16" and device.type != "cuda":
-        raise UserError("[train].precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
     if tcfg["compile"] and device.type == "cpu" and sys.platform == "win32":
         raise UserError("[train].compile is not supported on Windows CPUs; set it to false")
 
