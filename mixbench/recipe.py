@@ -13,12 +13,12 @@ import hashlib
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mixbench.errors import RecipeError, did_you_mean
-from mixbench.params import REQUIRED, Param, check_table
+from mixbench.params import Param, check_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,8 +104,6 @@ class Recipe:
     loss: dict[str, Any]
     train: dict[str, Any]
     eval: dict[str, Any]
-    source: str | None = None
-    origin: dict[str, str] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "seed": self.seed}
@@ -253,7 +251,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             node = node[k]
         node[keys[-1]] = value
         origin[".".join(keys)] = "--set"
-    return validate(merged, origin, default_name=path.stem, recipe_dir=path.resolve().parent)
+    return validate(merged, origin, default_name=path.stem)
 
 
 # ---------------------------------------------------------------- validation
@@ -299,10 +297,7 @@ def _registry_table(
     return {"name": name, **values}, problems
 
 
-def validate(
-    merged: dict[str, Any], origin: dict[str, str], *, default_name: str = "recipe",
-    recipe_dir: Path | None = None,
-) -> Recipe:
+def validate(merged: dict[str, Any], origin: dict[str, str], *, default_name: str = "recipe") -> Recipe:
     """Check a merged recipe dict; return a :class:`Recipe` or raise with every problem."""
     from mixbench.data import DATASETS
     from mixbench.losses import LOSSES
@@ -343,8 +338,7 @@ def validate(
     problems += _cross_checks(tables, origin, DATASETS)
     if problems:
         raise RecipeError(problems)
-    return Recipe(name=name, seed=seed, source=str(recipe_dir) if recipe_dir else None,
-                  origin=origin, **tables)
+    return Recipe(name=name, seed=seed, **tables)
 
 
 def _cross_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], datasets: Any) -> list[str]:
@@ -396,8 +390,3 @@ def _cross_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], datasets
     if model.get("name", "").startswith("timm:") and len(model["name"]) == 5:
         out.append(f"{src('model.name')}: [model].name 'timm:' needs a timm model name, e.g. timm:resnet18")
     return out
-
-
-def expected_params(schema: dict[str, Param]) -> dict[str, Any]:
-    """Default values of a schema (for documentation and `mixbench list`)."""
-    return {k: (None if p.default is REQUIRED else p.default) for k, p in schema.items()}

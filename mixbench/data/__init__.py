@@ -120,6 +120,13 @@ def _tiny(cfg: DataConfig) -> dict:
     return read_tiny_imagenet(_root(cfg), cfg.image_size, cfg.train_size, cfg.test_size, cfg.seed)
 
 
+def _norm(cfg: DataConfig, source: str) -> tuple[tuple, tuple]:
+    """The recipe's mean/std when given, else the data set's own constants."""
+    meta = DATASETS.entry(source).meta
+    return (tuple(cfg.mean) if cfg.mean is not None else meta["mean"],
+            tuple(cfg.std) if cfg.std is not None else meta["std"])
+
+
 def load_image_data(cfg: DataConfig) -> ImageData:
     """Decode (or load from the cache) the whole data set as uint8 tensors on the CPU."""
     entry = DATASETS.entry(cfg.source)
@@ -133,8 +140,7 @@ def load_image_data(cfg: DataConfig) -> ImageData:
             entry.factory(cfg)  # raises the source's own message naming the files it expects
         key |= {"root": str(root), "fingerprint": fingerprint(root) if root.exists() else None}
     split = cached(cfg.cache_dir, key, lambda: entry.factory(cfg))
-    mean = tuple(cfg.mean) if cfg.mean is not None else entry.meta["mean"]
-    std = tuple(cfg.std) if cfg.std is not None else entry.meta["std"]
+    mean, std = _norm(cfg, cfg.source)
     return ImageData(cfg.source, split["train_x"], split["train_y"], split["test_x"], split["test_y"],
                      list(split["classes"]), mean, std)
 
@@ -168,9 +174,7 @@ def _streaming(cfg, aug, device, batch_size, eval_batch_size, generator, channel
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not (root / "train").is_dir() or not test_dir.is_dir():
         raise UserError(f"[data].root: {root} needs train/ and test/ (or val/) class folders")
-    entry = DATASETS.entry("imagefolder")
-    mean = tuple(cfg.mean) if cfg.mean is not None else entry.meta["mean"]
-    std = tuple(cfg.std) if cfg.std is not None else entry.meta["std"]
+    mean, std = _norm(cfg, "imagefolder")
     kw = {"augment": aug, "mean": mean, "std": std, "device": device, "num_workers": cfg.num_workers,
           "channels_last": channels_last}
     train = StreamingLoader(root / "train", cfg.image_size, batch_size, train=True, generator=generator,

@@ -121,14 +121,10 @@ def _split_and_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
-def _listing(root: Path) -> dict[str, list[tuple[str, str, object]]]:
-    """Per split: (path, class, handle) of every image, from a folder tree or a tar archive."""
+def _listing(root: Path, tar: tarfile.TarFile | None) -> dict[str, list[tuple[str, str, object]]]:
+    """Per split: (path, class, handle) of every image, from a folder tree or an open tar archive."""
     found: dict[str, list[tuple[str, str, object]]] = {"train": [], "test": []}
-    if root.is_file():
-        try:
-            tar = tarfile.open(root, "r:*")  # noqa: SIM115 - members are read after listing
-        except (tarfile.TarError, OSError) as e:
-            raise UserError(f"[data].root: {root} is not a readable tar archive ({e})") from None
+    if tar is not None:
         for member in tar:
             if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTS:
                 sc = _split_and_class(Path(member.name).parts)
@@ -167,13 +163,13 @@ def read_imagefolder(root: Path, image_size: int | None, train_size: int | None,
     if not root.exists():
         raise UserError(f"[data].root: {root} does not exist; imagefolder expects train/ and test/ "
                         "(or val/) class folders, or a .tar/.tar.gz of them")
-    found = _listing(root)
+    if root.is_dir():
+        return _decode_listing(root, _listing(root, None), image_size, train_size, test_size, seed)
     try:
-        return _decode_listing(root, found, image_size, train_size, test_size, seed)
-    finally:
-        for entry in found["train"][:1] + found["test"][:1]:
-            if isinstance(entry[2], tuple):
-                entry[2][0].close()
+        with tarfile.open(root, "r:*") as tar:
+            return _decode_listing(root, _listing(root, tar), image_size, train_size, test_size, seed)
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"[data].root: {root} is not a readable tar archive ({e})") from None
 
 
 def _decode_listing(root: Path, found: dict, image_size: int | None, train_size: int | None,

@@ -35,7 +35,7 @@ from mixbench.mixing.base import MixRNG
 from mixbench.models import build_model
 from mixbench.recipe import Recipe
 from mixbench.results.atomic import atomic_torch_save
-from mixbench.results.records import RunDir, summarize
+from mixbench.results.records import RunDir, collect_meta, device_name, summarize, utc_now
 
 CHECKPOINT_VERSION = 1
 
@@ -131,12 +131,8 @@ def fit(
     reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train ``recipe`` and write its run record below ``out_root``. See the module docstring."""
-    from mixbench.results.records import collect_meta
-
     dist = DistInfo.from_env()
     tcfg, ecfg = recipe.train, recipe.eval
-    if tcfg["compile"] and device.type == "cpu" and sys.platform == "win32":
-        raise UserError("[train].compile is not supported on Windows CPUs; set it to false")
 
     RunDir.check(out_root, recipe.name, recipe.run_id(), resume=resume, overwrite=overwrite)
     seed_everything(recipe.seed, tcfg["deterministic"])
@@ -201,7 +197,7 @@ def fit(
 
     base = {"schema": 1, "name": recipe.name, "run_id": recipe.run_id(), "method": method_name,
             "dataset": recipe.data["source"], "backbone": mcfg["name"], "loss": recipe.loss["name"],
-            "epochs": tcfg["epochs"], "seed": recipe.seed, "device": _device_name(device),
+            "epochs": tcfg["epochs"], "seed": recipe.seed, "device": device_name(device),
             "params": n_params, "mixer_ms_per_step": None, "method_settings": method.describe()}
 
     def finish(status: str, wall: float) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def fit(
                             base={**base, "status": status, "wall_time_s": wall,
                                   "peak_memory_mb": _peak_memory_mb(device)})
         run.write_summary(summary)
-        run.update_meta(status=status, end_time=_now())
+        run.update_meta(status=status, end_time=utc_now())
         return summary
 
     def save_checkpoint(epoch: int, wall: float) -> None:
@@ -321,21 +317,6 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path}: not a mixbench checkpoint of version {CHECKPOINT_VERSION}")
     return ckpt
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import os
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 __all__ = ["fit", "evaluate", "resolve_device", "Interrupted", "TrainResult"]

@@ -18,35 +18,27 @@ from mixbench.registry import Registry
 MODELS = Registry("model")
 
 
-@MODELS.register("resnet10_cifar", doc="ResNet-10 (one basic block per stage), CIFAR stem: the small CPU backbone")
-def resnet10_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
-    return resnet_backbone(BasicBlock, [1, 1, 1, 1], width=width, in_chans=in_chans,
-                           zero_init_residual=zero_init_residual)
+RESNETS = {  # name: (block, blocks per stage, ResNeXt groups at full width, ResNeXt base width, doc)
+    "resnet10_cifar": (BasicBlock, [1, 1, 1, 1], 1, 64,
+                       "ResNet-10 (one basic block per stage), CIFAR stem: the small CPU backbone"),
+    "resnet18_cifar": (BasicBlock, [2, 2, 2, 2], 1, 64,
+                       "ResNet-18, CIFAR stem (3x3 stride 1, no max-pool), 512-d features"),
+    "resnet34_cifar": (BasicBlock, [3, 4, 6, 3], 1, 64, "ResNet-34, CIFAR stem, 512-d features"),
+    "resnet50_cifar": (Bottleneck, [3, 4, 6, 3], 1, 64, "ResNet-50 (bottleneck), CIFAR stem, 2048-d features"),
+    "resnext50_32x4d_cifar": (Bottleneck, [3, 4, 6, 3], 32, 4, "ResNeXt-50 32x4d, CIFAR stem, 2048-d features"),
+}
 
 
-@MODELS.register("resnet18_cifar", doc="ResNet-18, CIFAR stem (3x3 stride 1, no max-pool), 512-d features")
-def resnet18_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
-    return resnet_backbone(BasicBlock, [2, 2, 2, 2], width=width, in_chans=in_chans,
-                           zero_init_residual=zero_init_residual)
+def _resnet_factory(block, depths, groups, base_width):
+    def build(width=1.0, in_chans=3, zero_init_residual=True, **_):
+        return resnet_backbone(block, depths, width=width, in_chans=in_chans,
+                               groups=resnext_groups(width, groups), base_width=base_width,
+                               zero_init_residual=zero_init_residual)
+    return build
 
 
-@MODELS.register("resnet34_cifar", doc="ResNet-34, CIFAR stem, 512-d features")
-def resnet34_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
-    return resnet_backbone(BasicBlock, [3, 4, 6, 3], width=width, in_chans=in_chans,
-                           zero_init_residual=zero_init_residual)
-
-
-@MODELS.register("resnet50_cifar", doc="ResNet-50 (bottleneck), CIFAR stem, 2048-d features")
-def resnet50_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
-    return resnet_backbone(Bottleneck, [3, 4, 6, 3], width=width, in_chans=in_chans,
-                           zero_init_residual=zero_init_residual)
-
-
-@MODELS.register("resnext50_32x4d_cifar", doc="ResNeXt-50 32x4d, CIFAR stem, 2048-d features")
-def resnext50_32x4d_cifar(width=1.0, in_chans=3, zero_init_residual=True, **_):
-    return resnet_backbone(Bottleneck, [3, 4, 6, 3], width=width, in_chans=in_chans,
-                           groups=resnext_groups(width), base_width=4,
-                           zero_init_residual=zero_init_residual)
+for _name, (_block, _depths, _groups, _base, _doc) in RESNETS.items():
+    MODELS.register(_name, doc=_doc)(_resnet_factory(_block, _depths, _groups, _base))
 
 
 @MODELS.register("preactresnet18_cifar", doc="pre-activation ResNet-18, CIFAR stem, 512-d features")

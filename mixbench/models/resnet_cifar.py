@@ -17,15 +17,16 @@ def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> li
     return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """y = ReLU(body(x) + shortcut(x)); the shortcut projects when shape changes."""
+
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, groups: int = 1, base_width: int = 64):
+    def __init__(self, body: list[nn.Module], cin: int, cout: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(*conv_bn(cin, planes, 3, stride), nn.ReLU(inplace=True),
-                                  *conv_bn(planes, planes, 3))
-        self.shortcut = (nn.Sequential(*conv_bn(cin, planes, 1, stride))
-                         if stride != 1 or cin != planes else nn.Identity())
+        self.body = nn.Sequential(*body)
+        self.shortcut = (nn.Sequential(*conv_bn(cin, cout, 1, stride))
+                         if stride != 1 or cin != cout else nn.Identity())
         self.relu = nn.ReLU(inplace=True)
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -35,27 +36,26 @@ class BasicBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(_Residual):
+    """Two 3x3 convolutions."""
+
+    def __init__(self, cin: int, planes: int, stride: int, groups: int = 1, base_width: int = 64):
+        super().__init__([*conv_bn(cin, planes, 3, stride), nn.ReLU(inplace=True), *conv_bn(planes, planes, 3)],
+                         cin, planes, stride)
+
+
+class Bottleneck(_Residual):
+    """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand by 4."""
+
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int, groups: int = 1, base_width: int = 64):
-        super().__init__()
         mid = max(groups, int(planes * base_width / 64) * groups)
         mid -= mid % groups
         out = planes * self.expansion
-        self.body = nn.Sequential(
-            *conv_bn(cin, mid, 1), nn.ReLU(inplace=True),
-            *conv_bn(mid, mid, 3, stride, groups), nn.ReLU(inplace=True),
-            *conv_bn(mid, out, 1))
-        self.shortcut = (nn.Sequential(*conv_bn(cin, out, 1, stride))
-                         if stride != 1 or cin != out else nn.Identity())
-        self.relu = nn.ReLU(inplace=True)
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.body[-1]
-
-    def forward(self, x):
-        return self.relu(self.body(x) + self.shortcut(x))
+        super().__init__([*conv_bn(cin, mid, 1), nn.ReLU(inplace=True),
+                          *conv_bn(mid, mid, 3, stride, groups), nn.ReLU(inplace=True),
+                          *conv_bn(mid, out, 1)], cin, out, stride)
 
 
 def resnet_backbone(block: type, depths: list[int], *, width: float = 1.0, in_chans: int = 3,
@@ -75,11 +75,11 @@ def resnet_backbone(block: type, depths: list[int], *, width: float = 1.0, in_ch
     init_weights(backbone)
     if zero_init_residual:
         for m in backbone.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
+            if isinstance(m, _Residual):
                 nn.init.zeros_(m.last_bn().weight)
     return backbone
 
 
-def resnext_groups(width: float) -> int:
-    """32 groups at full width; fewer for tiny widths so every group keeps at least one channel."""
-    return max(1, min(32, scaled(32, width)))
+def resnext_groups(width: float, groups: int) -> int:
+    """``groups`` at full width; fewer for tiny widths so every group keeps at least one channel."""
+    return max(1, min(groups, scaled(groups, width)))

@@ -26,8 +26,6 @@ import torch
 from mixbench.errors import UserError
 from mixbench.results.atomic import append_jsonl, atomic_write_json, atomic_write_text
 
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
-
 
 class RunDir:
     """The folder of one run and the atomic writers for each of its files."""
@@ -112,24 +110,31 @@ def _version(module: str) -> str | None:
         return None
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's architecture and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def collect_meta(command_line: list[str], seed: int, device: torch.device) -> dict[str, Any]:
     """Everything that says where and how a run was made; ``status`` starts as ``running``."""
     from mixbench import __version__
 
     commit = _git("rev-parse", "HEAD")
     dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return {
         "versions": {"python": platform.python_version(), "mixbench": __version__,
                      **{m: _version(m) for m in ("torch", "torchvision", "timm", "numpy")}},
         "git": {"commit": commit, "dirty": dirty},
-        "device": device_name, "device_type": device.type, "torch_threads": torch.get_num_threads(),
+        "device": device_name(device), "device_type": device.type, "torch_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(), "platform": platform.platform(),
         "command_line": list(command_line), "python_executable": sys.executable,
-        "seed": seed, "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed, "start_time": utc_now(),
         "end_time": None, "status": "running",
     }
 
