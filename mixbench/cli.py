@@ -187,6 +187,104 @@ def compare(
     _guard(go)
 
 
+def _mixer_params(sets: list[str]) -> dict[str, Any]:
+    from mixbench.recipe import parse_override
+
+    params: dict[str, Any] = {}
+    for text in sets:
+        keys, value = parse_override(text)
+        keys = keys[1:] if keys[0] == "method" and len(keys) > 1 else keys
+        node = params
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return params
+
+
+@app.command()
+def visualize(
+    method: Annotated[str, typer.Option("--method", help="Mixer name (mixbench list methods).")],
+    dataset: Annotated[str, typer.Option(help="Data set: shapes, cifar10, cifar100, imagefolder, ...")] = "shapes",
+    root: Annotated[Path | None, typer.Option(help="Data folder (or archive) for non-shapes data sets.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=64, help="Number of pairs (rows).")] = 8,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("mixes.png"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Mixer setting: key=VALUE, e.g. alpha=0.2.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the image choice and of the mixer.")] = 0,
+    backbone: Annotated[str, typer.Option(help="Model for mixers that look through one.")] = "resnet18_cifar",
+    device: Annotated[Device, typer.Option(help="Device to mix on.")] = Device.auto,
+) -> None:
+    """Write a PNG grid of mixed pairs: sources, mask, result, lambda and labels."""
+
+    def go() -> None:
+        import torch
+
+        from mixbench.data import DataConfig, load_image_data
+        from mixbench.engine import resolve_device
+        from mixbench.methods import METHODS
+        from mixbench.mixing import MIXERS, MixRNG, build_mixer
+        from mixbench.models import build_model
+        from mixbench.visualize import save_mixes
+
+        if method not in MIXERS:
+            hint = " (it trains without mixing)" if method in METHODS else ""
+            raise UserError(f"--method: '{method}' is not a mixer{hint}; valid: {', '.join(MIXERS.names())}")
+        if out.suffix.lower() != ".png":
+            raise UserError(f"--out {out}: expected a .png file name")
+        dev = resolve_device(device.value)
+        small = {"train_size": max(256, n), "test_size": 64} if dataset == "shapes" else {}
+        data = load_image_data(DataConfig(source=dataset, root=str(root) if root else None, **small))
+        pick = torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(data.std).view(1, -1, 1, 1)
+        x = ((data.train_x[pick].float() / 255 - mean) / std).to(dev)
+        y = data.train_y[pick].to(dev)
+        model = build_model(backbone, len(data.classes), image_size=x.shape[-1]).to(dev)
+        mixer = build_mixer(method, _mixer_params(set_ or []), model=model, device=dev)
+        mix = mixer(x, y, MixRNG(seed, dev))
+        title = f"{method} {mixer.describe()}"
+        save_mixes(out, x, mix, data.mean, data.std, data.classes, title=title[:120])
+        print(f"wrote {out} ({n} pairs of {dataset}, mean lambda {mix.lam.float().mean().item():.3f})")
+
+    _guard(go)
+
+
+bench_app = typer.Typer(help="Speed benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("mixers")
+def bench_mixers_cmd(
+    device: Annotated[Device, typer.Option(help="Device to measure on.")] = Device.auto,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 256,
+    backbone: Annotated[str, typer.Option(help="Backbone whose training step is the yardstick.")] = "resnet18_cifar",
+    width: Annotated[float, typer.Option(help="Backbone width multiplier.")] = 1.0,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Measure only these mixers.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls per measurement.")] = 5,
+    out: Annotated[Path | None, typer.Option(help="JSON file (default: mixers_bench_<device>.json).")] = None,
+) -> None:
+    """Time every mixer per batch and relative to one training step of the backbone."""
+
+    def go() -> None:
+        import json
+
+        from mixbench.bench import bench_mixers, format_table
+        from mixbench.engine import resolve_device
+        from mixbench.mixing import MIXERS
+
+        dev = resolve_device(device.value)
+        for name in only or []:
+            if name not in MIXERS or name == "switch":
+                raise UserError(f"--only {name}: not a mixer; valid: {', '.join(MIXERS.names())}")
+        result = bench_mixers(dev, batch=batch, backbone=backbone, width=width, names=only or None,
+                              repeats=repeats, progress=lambda m: print(f"  timing {m} ...", file=sys.stderr))
+        print(format_table(result))
+        path = out or Path(f"mixers_bench_{dev.type}.json")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+
+    _guard(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

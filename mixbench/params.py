@@ -25,6 +25,7 @@ _TYPE_NAMES = {
     "float_list": "a list of numbers",
     "float3": "a list of 3 numbers",
     "str_list": "a list of strings",
+    "table": "a table of settings",
 }
 
 
@@ -71,6 +72,8 @@ def _type_ok(kind: str, value: Any) -> tuple[bool, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
         return math.isfinite(value), float(value)
+    if kind == "table":
+        return isinstance(value, dict), value
     if kind in ("str", "path"):
         return isinstance(value, str), value
     if kind in ("int_list", "float_list", "float3", "str_list"):

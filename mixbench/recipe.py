@@ -86,10 +86,11 @@ EVAL_SCHEMA: dict[str, Param] = {
     "every": Param("int", 1, "evaluate every N epochs (and always after the last)", low=1),
     "batch_size": Param("int", 500, "evaluation batch size", low=1),
     "ema": Param("bool", True, "also evaluate the EMA weights when train.ema is on"),
+    "save_mixes": Param("int", 0, "save a PNG grid of mixed pairs every N epochs (0: never)", low=0),
 }
 
 # Keys that never change what a run computes: left out of the run id hash.
-_NOT_HASHED = {("train", "stop_after"), ("train", "log_every"), ("eval", "batch_size")}
+_NOT_HASHED = {("train", "stop_after"), ("train", "log_every"), ("eval", "batch_size"), ("eval", "save_mixes")}
 
 
 @dataclass
@@ -146,6 +147,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -293,6 +296,9 @@ def _registry_table(
     params: dict[str, Param] = registry.entry(name).meta.get("params", {})
     rest = {k: v for k, v in table.items() if k != "name"}
     values, problems = check_table(rest, params, where, origin)
+    check = registry.entry(name).meta.get("check")
+    if check is not None and not problems:
+        problems = check(values, where, origin)
     _resolve_paths(values, params, origin)
     return {"name": name, **values}, problems
 

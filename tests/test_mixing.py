@@ -1,4 +1,4 @@
-"""Mixup and CutMix against their definitions."""
+"""Every mixer against the shared contract: shapes, label weights, masks, invariants, seeds."""
 
 from __future__ import annotations
 
@@ -6,103 +6,119 @@ import numpy as np
 import pytest
 import torch
 
-from mixbench.mixing import CutMix, MixRNG, Mixup
-from mixbench.mixing.cutmix import rand_boxes
+from mixbench.mixing import MIXERS, MixRNG, build_mixer
+from mixbench.mixing.base import masked_mix
+from mixbench.models import build_model
 
-MIXERS = [Mixup, CutMix]
+ALL = [e.name for e in MIXERS]
+# mixers whose output is exactly M ⊙ x + (1 − M) ⊙ x[index] (resizemix shrinks x[index]; puzzlemix
+# moves blocks when transport is on: both are tested with their own sources below)
+PLAIN_MASK = ["cutmix", "fmix", "saliencymix", "smoothmix", "gridmix", "attentivemix"]
+PUZZLE_STILL = {"transport": False}
 
 
-def batch(n=8, seed=0):
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("resnet18_cifar", 10, width=0.125)
+
+
+def batch(n=8, seed=0, h=32, w=32):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 16, 12, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.randn(n, 3, h, w, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-@pytest.mark.parametrize("cls", MIXERS)
+def make(name, model, **params):
+    return build_mixer(name, params, model=model)
+
+
+def mode_params(name, mode):
+    return {} if name == "switch" else {"lam_mode": mode}
+
+
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_contract(cls, mode):
+def test_contract(name, mode, model):
     x, y = batch()
-    out = cls(alpha=1.0, lam_mode=mode)(x, y, MixRNG(0, x.device))
+    out = make(name, model, **mode_params(name, mode))(x, y, MixRNG(0, x.device))
     assert out.x.shape == x.shape and out.x.dtype == x.dtype and out.x.device == x.device
     assert out.lam.shape == (8,) and out.lam.dtype == torch.float32
     assert ((out.lam >= 0) & (out.lam <= 1)).all()
     assert sorted(out.index.tolist()) == list(range(8))
     assert torch.equal(out.y_a, y) and torch.equal(out.y_b, y[out.index])
-    if mode == "batch":
-        assert torch.all(out.lam == out.lam[0])
+    if out.mask is not None:
+        assert out.mask.shape == (8, 1, 32, 32)
+        torch.testing.assert_close(out.lam, out.mask.float().mean(dim=(1, 2, 3)))
 
 
-@pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_mixup_is_convex_combination(mode):
+@pytest.mark.parametrize("name", ["mixup", "cutmix", "fmix", "gridmix", "attentivemix", "manifoldmix"])
+def test_batch_mode_shares_one_lambda(name, model):
     x, y = batch()
-    out = Mixup(alpha=0.5, lam_mode=mode)(x, y, MixRNG(3, x.device))
-    lam = out.lam.view(-1, 1, 1, 1)
-    torch.testing.assert_close(out.x, lam * x + (1 - lam) * x[out.index])
-    assert out.mask is None
+    out = make(name, model, lam_mode="batch")(x, y, MixRNG(2, x.device))
+    assert torch.all(out.lam == out.lam[0])
 
 
-def test_mixup_lambda_comes_from_beta():
-    rng = MixRNG(11, torch.device("cpu"))
-    expected = np.random.Generator(np.random.PCG64(11)).beta(0.2, 0.2)
-    out = Mixup(alpha=0.2)(*batch(), rng)
-    assert out.lam[0].item() == pytest.approx(expected, rel=1e-6)
-
-
-@pytest.mark.parametrize("mode", ["batch", "sample"])
-def test_cutmix_mask_contract_and_area_corrected_lambda(mode):
+@pytest.mark.parametrize("name", ["mixup", "cutmix", "fmix", "smoothmix", "gridmix", "resizemix"])
+def test_sample_mode_draws_one_lambda_per_sample(name, model):
     x, y = batch(16)
-    out = CutMix(alpha=1.0, lam_mode=mode)(x, y, MixRNG(5, x.device))
+    out = make(name, model, lam_mode="sample")(x, y, MixRNG(2, x.device))
+    assert len(set(out.lam.tolist())) > 4
+
+
+@pytest.mark.parametrize("name", PLAIN_MASK + ["puzzlemix"])
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_mask_mixers_are_masked_combinations(name, mode, model):
+    x, y = batch(8, seed=3)
+    params = {"lam_mode": mode, **(PUZZLE_STILL if name == "puzzlemix" else {})}
+    out = make(name, model, **params)(x, y, MixRNG(4, x.device))
     m = out.mask
-    assert m.shape == (16, 1, 16, 12)
-    assert set(m.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(out.x, m * x + (1 - m) * x[out.index])
     torch.testing.assert_close(out.lam, m.mean(dim=(1, 2, 3)))
 
 
-def test_cutmix_box_by_hand():
-    # λ = 0.75 on an 8x8 image: cut ratio 0.5 -> 4x4 box; centre (1, 6): rows clip to [0, 3), cols [4, 8)
-    class FixedRNG:
-        def __init__(self):
-            self.np = self
-            self._ints = iter([np.array([1]), np.array([6])])
-
-        def integers(self, low, high, size):
-            return next(self._ints)
-
-    y0, y1, x0, x1 = rand_boxes(FixedRNG(), np.array([0.75]), 8, 8)
-    assert (y0[0], y1[0], x0[0], x1[0]) == (0, 3, 4, 8)
-    # realised λ = 1 - 3*4/64 = 0.8125, not the sampled 0.75
-    assert 1 - (y1[0] - y0[0]) * (x1[0] - x0[0]) / 64 == pytest.approx(0.8125)
+def test_mask_of_ones_returns_the_input():
+    x, y = batch()
+    out = masked_mix(x, y, torch.randperm(8), torch.ones(8, 1, 32, 32))
+    torch.testing.assert_close(out.x, x)
+    assert torch.all(out.lam == 1)
 
 
-@pytest.mark.parametrize("cls", MIXERS)
-def test_identical_images_are_unchanged(cls):
-    x = torch.rand(1, 3, 8, 8).expand(6, 3, 8, 8).contiguous()
-    out = cls(alpha=1.0, lam_mode="sample")(x, torch.arange(6), MixRNG(0, x.device))
+# gridmix keeps 1-pixel holes (hole side clamped to >= 1), smoothmix and resizemix draw no λ, and
+# puzzlemix's prior -log(π + 1e-8) is finite: a very salient block of x[π] can still win at λ = 1
+LAMBDA_ONE = ["mixup", "cutmix", "manifoldmix", "fmix", "saliencymix", "attentivemix"]
+
+
+@pytest.mark.parametrize("name", LAMBDA_ONE)
+def test_lambda_one_returns_the_input(name, model, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"mixbench.mixing.{name}")
+    monkeypatch.setattr(module, "sample_lambda", lambda rng, alpha, n, mode: np.ones(n))
+    x, y = batch()
+    extra = {"layers": [0]} if name == "manifoldmix" else {}
+    out = make(name, model, **extra)(x, y, MixRNG(0, x.device))
+    torch.testing.assert_close(out.x, x)
+    assert torch.all(out.lam == 1)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "resizemix"])
+def test_identical_images_are_unchanged(name, model):
+    x = torch.randn(1, 3, 32, 32).expand(6, 3, 32, 32).contiguous()
+    y = torch.zeros(6, dtype=torch.int64)
+    params = {**mode_params(name, "sample"), **(PUZZLE_STILL if name == "puzzlemix" else {})}
+    out = make(name, model, **params)(x, y, MixRNG(0, x.device))
     torch.testing.assert_close(out.x, x)
 
 
-def test_lambda_one_returns_input(monkeypatch):
-    import mixbench.mixing.cutmix as cutmix_mod
-    import mixbench.mixing.mixup as mixup_mod
-
-    ones = lambda rng, alpha, n, mode: np.ones(n)  # noqa: E731
-    monkeypatch.setattr(mixup_mod, "sample_lambda", ones)
-    monkeypatch.setattr(cutmix_mod, "sample_lambda", ones)
-    x, y = batch()
-    for cls in MIXERS:
-        out = cls(alpha=1.0)(x, y, MixRNG(0, x.device))
-        torch.testing.assert_close(out.x, x)
-        assert torch.all(out.lam == 1)
-
-
-@pytest.mark.parametrize("cls", MIXERS)
-def test_deterministic_under_seed_and_seed_sensitive(cls):
-    x, y = batch()
-    a = cls(alpha=1.0, lam_mode="sample")(x, y, MixRNG(7, x.device))
-    b = cls(alpha=1.0, lam_mode="sample")(x, y, MixRNG(7, x.device))
-    c = cls(alpha=1.0, lam_mode="sample")(x, y, MixRNG(8, x.device))
-    assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam)
-    assert not torch.equal(a.lam, c.lam)
+@pytest.mark.parametrize("name", ALL)
+def test_deterministic_under_seed_and_seed_sensitive(name, model):
+    x, y = batch(16)
+    params = mode_params(name, "sample")
+    a = make(name, model, **params)(x, y, MixRNG(7, x.device))
+    b = make(name, model, **params)(x, y, MixRNG(7, x.device))
+    assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam) and torch.equal(a.index, b.index)
+    outs = [make(name, model, **params)(x, y, MixRNG(s, x.device)) for s in (8, 9, 10)]
+    assert any(not torch.equal(a.x, o.x) or not torch.equal(a.lam, o.lam) for o in outs)
 
 
 def test_rng_state_round_trip():
@@ -112,3 +128,13 @@ def test_rng_state_round_trip():
     rng.load_state_dict(state)
     again = (rng.np.random(), rng.permutation(10, torch.device("cpu")))
     assert first[0] == again[0] and torch.equal(first[1], again[1])
+
+
+def test_mixup_lambda_comes_from_beta():
+    rng = MixRNG(11, torch.device("cpu"))
+    expected = np.random.Generator(np.random.PCG64(11)).beta(0.2, 0.2)
+    out = build_mixer("mixup", {"alpha": 0.2})(*batch(), rng)
+    assert out.lam[0].item() == pytest.approx(expected, rel=1e-6)
+    lam = out.lam.view(-1, 1, 1, 1)
+    x, _ = batch()
+    torch.testing.assert_close(out.x, lam * x + (1 - lam) * x[out.index])

@@ -32,6 +32,7 @@ from mixbench.errors import DivergedError, UserError
 from mixbench.losses import LOSSES
 from mixbench.methods import MethodContext, build_method
 from mixbench.mixing.base import MixRNG
+from mixbench.mixing.cost import time_ms
 from mixbench.models import build_model
 from mixbench.recipe import Recipe
 from mixbench.results.atomic import atomic_torch_save
@@ -195,15 +196,34 @@ def fit(
         meta.update(recipe_name=recipe.name, run_id=recipe.run_id(), method=method_name)
         run.write_meta(meta)
 
+    probe_x, probe_y = _probe_batch(test_loader, tcfg["batch_size"] // dist.world_size)
+    mixer = getattr(method, "mixer", None)
+    mixer_ms = None
+    if mixer is not None:
+        probe_rng = MixRNG(recipe.seed + 7919, device)  # never the training stream
+        with _autocast(device, tcfg["precision"]):
+            mixer_ms = time_ms(lambda: mixer(probe_x, probe_y, probe_rng), device, repeats=3, warmup=1)
+
+    def save_mixes(epoch: int) -> None:
+        from mixbench.visualize import save_mixes as write_grid
+
+        x, y = probe_x[:8], probe_y[:8]
+        mix = mixer(x, y, MixRNG(recipe.seed + epoch, device))
+        write_grid(run.path / "mixes" / f"epoch{epoch:04d}.png", x, mix, info.mean, info.std, info.classes,
+                   title=f"{method_name} after epoch {epoch}")
+
     base = {"schema": 1, "name": recipe.name, "run_id": recipe.run_id(), "method": method_name,
             "dataset": recipe.data["source"], "backbone": mcfg["name"], "loss": recipe.loss["name"],
             "epochs": tcfg["epochs"], "seed": recipe.seed, "device": device_name(device),
-            "params": n_params, "mixer_ms_per_step": None, "method_settings": method.describe()}
+            "params": n_params, "mixer_ms_per_step": mixer_ms, "method_settings": method.describe()}
 
     def finish(status: str, wall: float) -> dict[str, Any]:
         summary = summarize(run.read_metrics(), status=status,
                             base={**base, "status": status, "wall_time_s": wall,
                                   "peak_memory_mb": _peak_memory_mb(device)})
+        if mixer_ms is not None and summary.get("images_per_s"):
+            step_ms = 1000.0 * tcfg["batch_size"] / summary["images_per_s"]
+            summary["mixer_overhead_pct"] = 100.0 * mixer_ms / step_ms
         run.write_summary(summary)
         run.update_meta(status=status, end_time=utc_now())
         return summary
@@ -283,6 +303,8 @@ def fit(
                 wall = prior_wall + time.perf_counter() - t_run
                 record["wall_time_s"] = wall
                 run.append_metrics(record)
+                if mixer is not None and ecfg["save_mixes"] and epoch % ecfg["save_mixes"] == 0:
+                    save_mixes(epoch)
                 if epoch % tcfg["checkpoint_every"] == 0 or epoch in (epochs, stop_after):
                     save_checkpoint(epoch, wall)
                 reporter.epoch_end(record)
@@ -304,6 +326,14 @@ def fit(
     status = "completed" if stop_after >= epochs else "interrupted"
     summary = finish(status, wall)
     return TrainResult(status, summary, run.path)
+
+
+def _probe_batch(loader, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first test batch, repeated or cut to ``batch_size``: the fixed input of the mixer's
+    cost probe and of the saved mix grids (it draws nothing from the training generators)."""
+    x, y = next(iter(loader))
+    reps = -(-batch_size // x.shape[0])
+    return x.repeat(reps, 1, 1, 1)[:batch_size].contiguous(), y.repeat(reps)[:batch_size]
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,26 +1,40 @@
 """The mixer contract shared by every sample-mixing policy.
 
-A mixer maps ``(x, y, rng)`` to ``MixOutput(x̃, y_a, y_b, λ, index, mask)`` where
+A mixer maps ``(x, y, rng)`` to ``MixOutput(x̃, y_a, y_b, λ, index, mask, layer)`` where
 ``x̃ = M ⊙ x + (1 − M) ⊙ x[index]`` (``M = λ`` for Mixup), ``y_b = y[index]`` and ``λ`` is the
-realised per-sample weight of the first source ``x`` / label ``y_a`` (shape ``[N]``).
+realised per-sample weight of the first source ``x`` / label ``y_a`` (shape ``[N]``). Spatial
+mixers report ``λ = mean(M)``, the area actually kept, never the sampled value.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from mixbench.params import Param
+from mixbench.registry import Registry
+
+MIXERS = Registry("mixer")
 
 LAM_MODE = Param("str", "batch", "one lambda per batch or per sample", choices=("batch", "sample"))
 
 
+def alpha_param(default: float) -> Param:
+    return Param("float", default, "Beta(alpha, alpha) concentration of lambda", low=0, low_open=True)
+
+
 @dataclass
 class MixOutput:
-    """Mixed batch plus everything a loss needs."""
+    """Mixed batch plus everything a loss needs.
+
+    ``layer > 0`` means the mix happens at hidden stage ``layer`` of the backbone (ManifoldMix):
+    ``x`` is then the clean batch and :func:`forward_mixed` mixes the hidden states.
+    """
 
     x: torch.Tensor  # [N, C, H, W] mixed images
     y_a: torch.Tensor  # [N] labels of the first source
@@ -28,13 +42,15 @@ class MixOutput:
     lam: torch.Tensor  # [N] float32, realised weight of the first source
     index: torch.Tensor  # [N] pairing: sample i is mixed with index[i]
     mask: torch.Tensor | None = None  # [N, 1, H, W] weight of the first source, spatial mixers only
+    layer: int = 0  # backbone stage where the mix happens (0 = input)
 
 
 class MixRNG:
     """The mixing generator: NumPy for host-side scalars (λ, boxes), torch for device draws.
 
-    Host-side draws cost no device synchronisation; device draws (the pairing permutation)
-    use a ``torch.Generator`` on the batch's device. Both states go into checkpoints.
+    Host-side draws cost no device synchronisation; device draws (the pairing permutation,
+    FMix spectra) use a ``torch.Generator`` on the batch's device. Both states go into
+    checkpoints.
     """
 
     def __init__(self, seed: int, device: torch.device):
@@ -60,14 +76,90 @@ def sample_lambda(rng: MixRNG, alpha: float, n: int, mode: str) -> np.ndarray:
     return rng.np.beta(alpha, alpha, size=n)
 
 
+def per_sample(values: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """Repeat the first of host-drawn ``values`` ``n`` times in batch mode; keep them otherwise."""
+    return np.repeat(values[:1], n) if mode == "batch" else values
+
+
+def to_device(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Host array -> device tensor without a synchronising copy."""
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+    return t.to(device, non_blocking=True)
+
+
+def blend(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """x̃ = λ x + (1 − λ) x[index] with per-sample λ ``[N]`` (works for any rank ≥ 1)."""
+    w = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return torch.lerp(x[index], x, w)
+
+
+def masked_mix(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
+               source_a: torch.Tensor | None = None, source_b: torch.Tensor | None = None) -> MixOutput:
+    """``x̃ = M ⊙ x + (1 − M) ⊙ x[index]`` with ``λ = mean(M)`` per sample.
+
+    ``source_a`` / ``source_b`` replace ``x`` / ``x[index]`` when a mixer transforms an image
+    first (ResizeMix shrinks the second, PuzzleMix moves blocks of both).
+    """
+    mask = mask.to(x.dtype)
+    a = x if source_a is None else source_a
+    b = x[index] if source_b is None else source_b
+    mixed = torch.lerp(b, a, mask)
+    n = x.shape[0]
+    lam = mask.float().mean(dim=(1, 2, 3)).expand(n).contiguous()
+    return MixOutput(mixed, y, y[index], lam, index, mask.expand(n, 1, *x.shape[2:]))
+
+
+def identity_mix(x: torch.Tensor, y: torch.Tensor) -> MixOutput:
+    """The 'not mixed' output: λ = 1, every sample paired with itself."""
+    n = x.shape[0]
+    return MixOutput(x, y, y, torch.ones(n, device=x.device), torch.arange(n, device=x.device))
+
+
+def forward_mixed(model: nn.Module, mix: MixOutput) -> torch.Tensor:
+    """Logits of a mixed batch: ``model(x̃)``, or a hidden-stage mix for ``layer > 0``."""
+    if mix.layer == 0:
+        return model(mix.x)
+
+    def hook(k: int, h: torch.Tensor) -> torch.Tensor:
+        return blend(h, mix.index, mix.lam) if k == mix.layer else h
+
+    return model.head(model.forward_features(mix.x, hook))
+
+
 class Mixer:
-    """Base class: subclasses declare ``params`` and implement ``__call__``."""
+    """Base class: subclasses declare ``params`` and implement ``__call__``.
+
+    ``differs`` says, in one sentence, how the mixer differs from its reference implementation
+    (shown by ``mixbench list methods``). Mixers that need the trained model (saliency, features,
+    hidden stages) set ``needs_model`` and receive it through :meth:`bind` before the first batch.
+    """
 
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    differs: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = False
+
+    def __init__(self, **values: Any):
+        unknown = set(values) - set(self.params)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameters {sorted(unknown)}")
+        for key, param in self.params.items():
+            setattr(self, key, values.get(key, param.default))
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+        """Problems that involve more than one parameter (each a sentence naming the key)."""
+        return []
+
+    def bind(self, model: nn.Module, device: torch.device) -> None:
+        """Receive the model being trained (only called when ``needs_model``)."""
+        self.model = model
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
         raise NotImplementedError  # abstract: every registered mixer overrides it
 
     def describe(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.params}
+
+
+MixerFactory = Callable[..., Mixer]

@@ -9,8 +9,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, sample_lambda
-from mixbench.params import Param
+from mixbench.mixing.base import (
+    LAM_MODE,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    masked_mix,
+    per_sample,
+    sample_lambda,
+    to_device,
+)
 
 
 def rand_boxes(rng: MixRNG, lam: np.ndarray, h: int, w: int) -> tuple[np.ndarray, ...]:
@@ -24,48 +33,33 @@ def rand_boxes(rng: MixRNG, lam: np.ndarray, h: int, w: int) -> tuple[np.ndarray
     return y0, y1, x0, x1
 
 
-def box_mask(boxes: tuple[np.ndarray, ...], h: int, w: int, device: torch.device) -> torch.Tensor:
-    """[N, 1, H, W] bool mask, True outside each sample's box (where the first source stays)."""
-    y0, y1, x0, x1 = (torch.from_numpy(b).to(device, non_blocking=True) for b in boxes)
+def inside_box(y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
+               h: int, w: int) -> torch.Tensor:
+    """[N, 1, H, W] bool, True inside each sample's box [y0, y1) × [x0, x1) (device tensors [N])."""
+    device = y0.device
     ys = torch.arange(h, device=device).view(1, h, 1)
     xs = torch.arange(w, device=device).view(1, 1, w)
     inside = ((ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1))
               & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1)))
-    return (~inside).unsqueeze(1)
+    return inside.unsqueeze(1)
+
+
+def box_mask(boxes: tuple[np.ndarray, ...], h: int, w: int, device: torch.device) -> torch.Tensor:
+    """[N, 1, H, W] float mask of host boxes: 1 outside the box (the first source stays), 0 inside."""
+    y0, y1, x0, x1 = (to_device(b, device, torch.int64) for b in boxes)
+    return (~inside_box(y0, y1, x0, x1, h, w)).float()
 
 
 class CutMix(Mixer):
     """CutMix: paste a random box from the paired image; λ = realised area of the first image."""
 
     name = "cutmix"
-    params = {
-        "alpha": Param("float", 1.0, "Beta(alpha, alpha) concentration", low=0, low_open=True),
-        "lam_mode": LAM_MODE,
-    }
-
-    def __init__(self, alpha: float = 1.0, lam_mode: str = "batch"):
-        self.alpha, self.lam_mode = alpha, lam_mode
+    params = {"alpha": alpha_param(1.0), "lam_mode": LAM_MODE}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
         n, _, h, w = x.shape
-        lam_np = sample_lambda(rng, self.alpha, n, self.lam_mode)
-        if self.lam_mode == "batch":
-            boxes = rand_boxes(rng, lam_np[:1], h, w)
-            boxes = tuple(np.repeat(b, n) for b in boxes)
-        else:
-            boxes = rand_boxes(rng, lam_np, h, w)
+        lam = sample_lambda(rng, self.alpha, n, self.lam_mode)
+        boxes = rand_boxes(rng, lam[:1] if self.lam_mode == "batch" else lam, h, w)
+        boxes = tuple(per_sample(b, n, self.lam_mode) for b in boxes)
         index = rng.permutation(n, x.device)
-        y0, y1, x0, x1 = boxes
-        realised = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
-        lam = torch.from_numpy(realised).float().to(x.device, non_blocking=True)
-        if self.lam_mode == "batch":
-            a, b, c, d = int(y0[0]), int(y1[0]), int(x0[0]), int(x1[0])
-            mixed = x.clone()
-            mixed[:, :, a:b, c:d] = x[index, :, a:b, c:d]
-            keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=x.device)
-            keep[:, :, a:b, c:d] = False
-            mask = keep.expand(n, 1, h, w)
-        else:
-            mask = box_mask(boxes, h, w, x.device)
-            mixed = torch.where(mask, x, x[index])
-        return MixOutput(mixed, y, y[index], lam, index, mask.to(x.dtype))
+        return masked_mix(x, y, index, box_mask(boxes, h, w, x.device))

@@ -1,0 +1,94 @@
+"""Feature and saliency sources for mixers that look at the images through a network.
+
+The source is the model being trained (default) or a frozen model loaded from an earlier run
+(``features_from`` = a run folder or its ``checkpoint.pt``). Both are read in eval mode, so the
+extra passes never touch BatchNorm statistics or parameter gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixbench.errors import UserError
+from mixbench.params import Param
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FEATURES_FROM = Param("path", None, "run folder (or its checkpoint.pt) of a frozen feature model; "
+                      "default: the model being trained", optional=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module behind a ``torch.compile`` wrapper."""
+    return getattr(model, "_orig_mod", model)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def load_feature_model(path: str | Path, device: torch.device) -> nn.Module:
+    """A frozen Classifier rebuilt from a mixbench run folder or its ``checkpoint.pt``."""
+    from mixbench.models import build_model
+
+    path = Path(path)
+    ckpt_path = path / "checkpoint.pt" if path.is_dir() else path
+    recipe_path = ckpt_path.parent / "recipe.toml"
+    if not ckpt_path.is_file() or not recipe_path.is_file():
+        raise UserError(f"[method].features_from: {path} is not a mixbench run (needs checkpoint.pt "
+                        "and recipe.toml side by side)")
+    try:
+        model_cfg = tomllib.loads(recipe_path.read_text(encoding="utf-8")).get("model", {})
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"]
+        num_classes = state["head.weight"].shape[0]
+        model = build_model(model_cfg.get("name", "resnet18_cifar"), num_classes,
+                            width=model_cfg.get("width", 1.0))
+        model.load_state_dict(state)
+    except UserError:
+        raise
+    except Exception as e:  # unreadable or foreign files
+        raise UserError(f"[method].features_from: cannot load a model from {ckpt_path} "
+                        f"({type(e).__name__}: {e})") from None
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def resolve_source(features_from: str | None, model: nn.Module, device: torch.device) -> nn.Module:
+    """The network a mixer should look through: a frozen checkpoint, or the trained model."""
+    return load_feature_model(features_from, device) if features_from else unwrap(model)
+
+
+@torch.no_grad()
+def activation_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[N, h, w] channel-mean activation of the backbone's final feature map (eval mode)."""
+    with eval_mode(model):
+        fmap = model.backbone.forward_map(x)
+    if fmap.dim() != 4:
+        raise UserError("[method] this mixer needs a convolutional feature map; the backbone returns "
+                        f"a tensor of shape {tuple(fmap.shape)}")
+    return fmap.float().mean(dim=1)
+
+
+def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[N, H, W] √(mean_c (∂CE/∂x)²): the input-gradient saliency (eval mode, no weight grads)."""
+    with eval_mode(model), torch.enable_grad():
+        x_req = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x_req).float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_req)
+    return grad.float().pow(2).mean(dim=1).sqrt()

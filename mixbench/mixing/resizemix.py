@@ -1,0 +1,67 @@
+"""ResizeMix (Qin et al., arXiv 2012.11101).
+
+Scale τ ~ Beta(α, α), redrawn from U(τ_min, τ_max) when outside that range (openmixup's
+``use_alpha``); a box of side τ·(H, W) with a uniform centre, clipped, receives the whole x[π]
+resized (nearest) to the box. λ = 1 − box area / image area.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, masked_mix, per_sample, to_device
+from mixbench.mixing.cutmix import inside_box
+from mixbench.params import Param
+
+
+def paste_resized(source: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor,
+                  x1: torch.Tensor) -> torch.Tensor:
+    """``source`` [N, C, H, W] resized (nearest) into each sample's box; outside the box: anything.
+
+    Built as one gather: output pixel (r, c) inside box n reads source pixel
+    (⌊(r − y0)·H / (y1 − y0)⌋, ⌊(c − x0)·W / (x1 − x0)⌋).
+    """
+    n, c, h, w = source.shape
+    rows = torch.arange(h, device=source.device).view(1, h)
+    cols = torch.arange(w, device=source.device).view(1, w)
+    bh, bw = (y1 - y0).clamp_min(1).view(-1, 1), (x1 - x0).clamp_min(1).view(-1, 1)
+    src_r = ((rows - y0.view(-1, 1)) * h).div(bh, rounding_mode="floor").clamp(0, h - 1)
+    src_c = ((cols - x0.view(-1, 1)) * w).div(bw, rounding_mode="floor").clamp(0, w - 1)
+    flat = (src_r.view(n, h, 1) * w + src_c.view(n, 1, w)).view(n, 1, h * w).expand(n, c, h * w)
+    return source.flatten(2).gather(2, flat).view(n, c, h, w)
+
+
+class ResizeMix(Mixer):
+    """ResizeMix: paste the whole paired image, shrunk to a random box; λ = kept area."""
+
+    name = "resizemix"
+    params = {
+        "alpha": alpha_param(1.0),
+        "scale_min": Param("float", 0.1, "smallest box side as a fraction of the image", low=0, high=1, low_open=True),
+        "scale_max": Param("float", 0.8, "largest box side as a fraction of the image", low=0, high=1, low_open=True),
+        "lam_mode": LAM_MODE,
+    }
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+        if values.get("scale_min", 0) > values.get("scale_max", 1):
+            return [f"{where}.scale_min must not exceed {where}.scale_max"]
+        return []
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
+        n, _, h, w = x.shape
+        m = 1 if self.lam_mode == "batch" else n
+        tau = rng.np.beta(self.alpha, self.alpha, m)
+        outside = (tau < self.scale_min) | (tau > self.scale_max)
+        tau = np.where(outside, rng.np.uniform(self.scale_min, self.scale_max, m), tau)
+        bh, bw = (h * tau).astype(np.int64), (w * tau).astype(np.int64)
+        cy, cx = rng.np.integers(0, h, m), rng.np.integers(0, w, m)
+        box = (np.clip(cy - bh // 2, 0, h), np.clip(cy + bh // 2, 0, h),
+               np.clip(cx - bw // 2, 0, w), np.clip(cx + bw // 2, 0, w))
+        y0, y1, x0, x1 = (to_device(per_sample(b, n, self.lam_mode), x.device, torch.int64) for b in box)
+        index = rng.permutation(n, x.device)
+        pasted = paste_resized(x[index], y0, y1, x0, x1)
+        return masked_mix(x, y, index, (~inside_box(y0, y1, x0, x1, h, w)).float(), source_b=pasted)
