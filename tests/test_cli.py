@@ -70,9 +70,34 @@ def test_openmixup_cifar100_recipe_is_exact():
     assert (t["optimizer"], t["schedule"], t["min_lr"], t["nesterov"]) == ("sgd", "cosine", 0.0, False)
     assert (r.data["augment"], r.data["padding_mode"], r.data["crop_padding"]) == ("crop_flip", "reflect", 4)
     assert r.data["std"] == [0.2023, 0.1994, 0.201]
-    assert r.method == {"name": "mixup", "alpha": 1.0, "lam_mode": "batch"}
+    assert r.method == {"name": "mixup", "alpha": 1.0, "lam_mode": "batch", "prob": 1.0}
     assert load_recipe(REPO / "recipes" / "cifar100_r18_cutmix.toml").method["alpha"] == 0.2
     assert load_recipe(REPO / "recipes" / "cifar10_r18_vanilla.toml").data["source"] == "cifar10"
+
+
+REFERENCE_ALPHA = {  # OpenMixup's CIFAR-100 / CIFAR-10 ResNet-18 tables (shared/spec/methods.md §8)
+    "mixup": 1.0, "cutmix": 0.2, "manifoldmix": 2.0, "saliencymix": 0.2, "attentivemix": 2.0, "fmix": 0.2,
+    "puzzlemix": 1.0, "gridmix": 0.2, "resizemix": 1.0, "smoothmix": None,
+}
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "cifar10"])
+def test_one_recipe_per_mixer_with_the_reference_alpha(dataset):
+    from mixbench.mixing import MIXERS
+    from mixbench.recipe import load_recipe
+
+    for entry in MIXERS:
+        r = load_recipe(REPO / "recipes" / f"{dataset}_r18_{entry.name}.toml")
+        assert r.method["name"] == entry.name and r.data["source"] == dataset
+        assert r.model["name"] == "resnet18_cifar" and r.train["batch_size"] == 100
+        if entry.name in REFERENCE_ALPHA:
+            assert r.method.get("alpha") == REFERENCE_ALPHA[entry.name]
+
+
+def test_list_methods_says_how_each_mixer_differs_from_its_reference(cli):
+    r = cli("list", "methods")
+    line = next(x for x in r.output.splitlines() if x.startswith("puzzlemix"))
+    assert "vs reference" in line and "pyGCO" in line
 
 
 def test_bad_recipe_exit_2_one_line_per_problem_no_traceback(tmp_path):
