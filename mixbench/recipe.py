@@ -265,7 +265,7 @@ def _table_origin(origin: dict[str, str], table: str) -> dict[str, str]:
     return {k[len(prefix):]: v for k, v in origin.items() if k.startswith(prefix)}
 
 
-def _resolve_paths(values: dict[str, Any], schema: dict[str, Param], origin: dict[str, str]) -> None:
+def resolve_paths(values: dict[str, Any], schema: dict[str, Param], origin: dict[str, str]) -> None:
     """Make path values absolute, relative to the file that named them (cwd for --set)."""
     for key, param in schema.items():
         v = values.get(key)
@@ -299,7 +299,7 @@ def _registry_table(
     check = registry.entry(name).meta.get("check")
     if check is not None and not problems:
         problems = check(values, where, origin)
-    _resolve_paths(values, params, origin)
+    resolve_paths(values, params, origin)
     return {"name": name, **values}, problems
 
 
@@ -332,7 +332,7 @@ def validate(merged: dict[str, Any], origin: dict[str, str], *, default_name: st
                           ("eval", EVAL_SCHEMA)):
         torigin = _table_origin(origin, table)
         values, probs = check_table(merged.get(table, {}), schema, f"[{table}]", torigin)
-        _resolve_paths(values, schema, torigin)
+        resolve_paths(values, schema, torigin)
         tables[table] = values
         problems += probs
     for table, registry, kind in (("method", METHODS, "method"), ("loss", LOSSES, "loss")):

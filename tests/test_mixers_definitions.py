@@ -316,3 +316,28 @@ def test_switch_recipe_round_trips_through_toml(tmp_path):
 def _batch(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_gradient_saliency_touches_no_weights_or_batchnorm(stage):
+    from mixbench.mixing.features import input_saliency
+
+    torch.manual_seed(0)
+    model = build_model("resnet18_cifar", 10, width=0.125).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch(4)
+    sal = input_saliency(model, x, y, stage)
+    assert sal.shape == (4, 32, 32) and (sal >= 0).all() and sal.sum() > 0
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    if stage == 0:  # by hand: the gradient of Σ CE with respect to x, RMS over channels
+        x_req = x.clone().requires_grad_(True)
+        model.eval()
+        torch.nn.functional.cross_entropy(model(x_req), y, reduction="sum").backward()
+        torch.testing.assert_close(sal, x_req.grad.pow(2).mean(1).sqrt())
+
+
+def test_saliency_stage_needs_a_staged_backbone():
+    with pytest.raises(UserError, match="no residual stage"):
+        build_mixer("puzzlemix", {"saliency_stage": 2}, model=build_model("timm:resnet10t", 10))(
+            *_batch(2), MixRNG(0, torch.device("cpu")))

@@ -85,10 +85,34 @@ def activation_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return fmap.float().mean(dim=1)
 
 
-def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[N, H, W] √(mean_c (∂CE/∂x)²): the input-gradient saliency (eval mode, no weight grads)."""
-    with eval_mode(model), torch.enable_grad():
-        x_req = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x_req).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_req)
-    return grad.float().pow(2).mean(dim=1).sqrt()
+def input_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: int = 0) -> torch.Tensor:
+    """[N, H, W] gradient saliency √(mean_c (∂CE/∂h)²) in eval mode, without weight gradients.
+
+    ``stage = 0``: h = x, the input gradient of the reference. ``stage = k > 0``: h = the output of
+    residual stage k (the prefix runs without autograd, the backward stops there), upsampled to
+    the image size: a cheaper map at the stage's resolution.
+    """
+    if stage == 0:
+        with eval_mode(model), torch.enable_grad():
+            x_req = x.detach().requires_grad_(True)
+            loss = F.cross_entropy(model(x_req).float(), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_req)
+        return grad.float().pow(2).mean(dim=1).sqrt()
+    backbone = model.backbone
+    if not getattr(backbone, "supports_stage_hook", False) or stage > backbone.num_stages:
+        raise UserError(f"[method].saliency_stage = {stage}: this backbone has no residual stage {stage}; "
+                        "use 0 (the input gradient)")
+    with eval_mode(model):
+        with torch.no_grad():
+            h = backbone.stem(x)
+            for block in backbone.stages[:stage]:
+                h = block(h)
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(True)
+            out = h
+            for block in backbone.stages[stage:]:
+                out = block(out)
+            logits = model.head(backbone.pool(backbone.final(out)))
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), h)
+    sal = grad.float().pow(2).mean(dim=1, keepdim=True).sqrt()
+    return F.interpolate(sal, size=x.shape[-2:], mode="nearest")[:, 0]

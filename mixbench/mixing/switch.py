@@ -37,6 +37,8 @@ class Switch(Mixer):
 
     @classmethod
     def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+        from mixbench.recipe import resolve_paths
+
         problems: list[str] = []
         names, probs = values.get("mixers", []), values.get("probs", [])
         src = origin.get("mixers", "recipe")
@@ -61,6 +63,7 @@ class Switch(Mixer):
             child = MIXERS.get(name)
             filled, probs_ = check_table(table, child.params, f"{where}.{name}", sub_origin)
             problems += probs_ or child.check(filled, f"{where}.{name}", sub_origin)
+            resolve_paths(filled, child.params, sub_origin)
             values[name] = filled
         return problems
 
