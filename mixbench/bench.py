@@ -19,16 +19,12 @@ from mixbench.mixing.cost import time_ms
 from mixbench.models import build_model
 from mixbench.results.records import device_name
 
-TARGET_PCT = {"puzzlemix": 50.0}
-DEFAULT_TARGET_PCT = 3.0
-MODEL_MIXERS = {"attentivemix", "puzzlemix"}  # they run the network: no 3 % target applies
-MODEL_TARGET_PCT = 50.0
+# static mixers: 3 % of a step; the mixers that run the network themselves: 50 %
+TARGET_PCT = {"puzzlemix": 50.0, "attentivemix": 50.0}
 
 
 def target_pct(name: str) -> float:
-    if name in TARGET_PCT:
-        return TARGET_PCT[name]
-    return MODEL_TARGET_PCT if name in MODEL_MIXERS else DEFAULT_TARGET_PCT
+    return TARGET_PCT.get(name, 3.0)
 
 
 def bench_mixers(device: torch.device, *, batch: int = 256, backbone: str = "resnet18_cifar",

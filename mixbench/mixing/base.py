@@ -8,7 +8,6 @@ mixers report ``λ = mean(M)``, the area actually kept, never the sampled value.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -161,5 +160,3 @@ class Mixer:
     def describe(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.params}
 
-
-MixerFactory = Callable[..., Mixer]
