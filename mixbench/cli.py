@@ -285,6 +285,39 @@ def bench_mixers_cmd(
     _guard(go)
 
 
+@bench_app.command("methods")
+def bench_methods_cmd(
+    device: Annotated[Device, typer.Option(help="Device to measure on.")] = Device.auto,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 100,
+    backbone: Annotated[str, typer.Option(help="Backbone of every method.")] = "resnet18_cifar",
+    width: Annotated[float, typer.Option(help="Backbone width multiplier.")] = 1.0,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Measure only these methods (and vanilla).")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed steps per method.")] = 5,
+    out: Annotated[Path | None, typer.Option(help="JSON file (default: methods_bench_<device>.json).")] = None,
+) -> None:
+    """Time a full training step of each method relative to vanilla, with its peak memory."""
+
+    def go() -> None:
+        import json
+
+        from mixbench.bench import bench_methods, format_methods_table
+        from mixbench.engine import resolve_device
+        from mixbench.methods import METHODS
+
+        dev = resolve_device(device.value)
+        for name in only or []:
+            if name not in METHODS or METHODS.get(name).scenario != "supervised" or name == "switch":
+                raise UserError(f"--only {name}: not a supervised method; valid: {', '.join(METHODS.names())}")
+        result = bench_methods(dev, batch=batch, backbone=backbone, width=width, names=only or None,
+                               repeats=repeats, progress=lambda m: print(f"  timing {m} ...", file=sys.stderr))
+        print(format_methods_table(result))
+        path = out or Path(f"methods_bench_{dev.type}.json")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+
+    _guard(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -44,6 +44,10 @@ DATA_SCHEMA: dict[str, Param] = {
     "std": Param("float3", None, "normalisation std override (0..1 units)", optional=True),
     "streaming": Param("bool", False, "imagefolder only: stream batches through a DataLoader"),
     "num_workers": Param("int", 4, "streaming only: DataLoader workers", low=0),
+    "labels_per_class": Param("int", None, "semi-supervised: labelled images per class", low=1, optional=True),
+    "num_labels": Param("int", None, "semi-supervised: labelled images in all, split evenly over classes",
+                        low=1, optional=True),
+    "unlabeled_ratio": Param("int", 7, "semi-supervised: unlabelled images per labelled image in a step", low=1),
 }
 
 MODEL_SCHEMA: dict[str, Param] = {
@@ -342,9 +346,29 @@ def validate(merged: dict[str, Any], origin: dict[str, str], *, default_name: st
         problems += probs
 
     problems += _cross_checks(tables, origin, DATASETS)
+    problems += _scenario_checks(tables, origin, METHODS)
     if problems:
         raise RecipeError(problems)
     return Recipe(name=name, seed=seed, **tables)
+
+
+def _scenario_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], methods: Any) -> list[str]:
+    """Semi-supervised methods need a labelled subset; the others must not be given one."""
+    name = t["method"].get("name")
+    if name not in methods:
+        return []
+    semisup = methods.get(name).scenario == "semisup"
+    data = t["data"]
+    labelled = data.get("labels_per_class") is not None or data.get("num_labels") is not None
+    src = origin.get("method.name", "recipe")
+    if semisup and not labelled:
+        return [f"{src}: [method].name = '{name}' is semi-supervised and needs [data].labels_per_class "
+                "or [data].num_labels (how many training images keep their labels)"]
+    if labelled and not semisup:
+        key = "labels_per_class" if data.get("labels_per_class") is not None else "num_labels"
+        return [f"{origin.get('data.' + key, 'recipe')}: [data].{key} applies only to semi-supervised methods "
+                f"(fixmatch, dmixmatch); '{name}' trains on every label"]
+    return []
 
 
 def _cross_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], datasets: Any) -> list[str]:
@@ -368,6 +392,9 @@ def _cross_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], datasets
                    "(the folder that holds it)")
     if data.get("streaming") and source != "imagefolder":
         out.append(f"{src('data.streaming')}: [data].streaming works only with source 'imagefolder'")
+    if data.get("labels_per_class") is not None and data.get("num_labels") is not None:
+        out.append(f"{src('data.num_labels')}: [data].labels_per_class and [data].num_labels are mutually "
+                   "exclusive; give one of them")
     if data.get("download") and source not in ("cifar10", "cifar100"):
         out.append(f"{src('data.download')}: [data].download works only for cifar10 and cifar100")
     if train.get("schedule") == "step" and not train.get("milestones"):

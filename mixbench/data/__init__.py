@@ -2,7 +2,8 @@
 
 ``load_image_data(cfg)`` gives uint8 tensors (decoded once, cached on disk);
 ``build_loaders(cfg, ...)`` puts them on the training device and returns train/test loaders that
-augment and normalise with batched tensor ops.
+augment and normalise with batched tensor ops; ``build_semisup_loaders(cfg, ...)`` does the same for
+semi-supervised methods (labelled stream + weak/strong unlabelled views, see ``semisup``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from mixbench.data import shapes
 from mixbench.data.cache import cached, fingerprint
 from mixbench.data.gpu_loader import Augment, DeviceLoader
+from mixbench.data.semisup import build_semisup_loaders
 from mixbench.data.sources import read_cifar, read_imagefolder, read_tiny_imagenet
 from mixbench.data.streaming import StreamingLoader
 from mixbench.errors import UserError
@@ -45,6 +47,9 @@ class DataConfig:
     std: tuple[float, float, float] | list[float] | None = None
     streaming: bool = False
     num_workers: int = 4
+    labels_per_class: int | None = None  # semi-supervised: labelled images per class
+    num_labels: int | None = None  # semi-supervised: labelled images in all (exclusive with the above)
+    unlabeled_ratio: int = 7  # semi-supervised: unlabelled images per labelled image in a step (μ)
 
 
 @dataclass
@@ -187,4 +192,4 @@ def _streaming(cfg, aug, device, batch_size, eval_batch_size, generator, channel
 
 
 __all__ = ["DataConfig", "ImageData", "DataInfo", "DATASETS", "load_image_data", "build_loaders",
-           "DeviceLoader", "Augment", "StreamingLoader"]
+           "build_semisup_loaders", "DeviceLoader", "Augment", "StreamingLoader"]

@@ -15,18 +15,23 @@ from torch import nn
 
 
 def param_groups(modules: list[nn.Module], weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
-    """One group per module; with ``no_decay_norm_bias`` 1-D parameters (norms, biases) get wd 0."""
+    """One group per module; with ``no_decay_norm_bias`` 1-D parameters (norms, biases) get wd 0.
+
+    A module's ``group_lr`` / ``group_min_lr`` attributes (e.g. a learned Mixer's own lr) give its
+    groups their own peak and final learning rate on the shared schedule.
+    """
     groups: list[dict[str, Any]] = []
     for module in modules:
         params = [p for p in module.parameters() if p.requires_grad]
-        lr_scale = getattr(module, "lr_scale", 1.0)
+        extra = {"lr_scale": getattr(module, "lr_scale", 1.0), "base_lr": getattr(module, "group_lr", None),
+                 "floor_lr": getattr(module, "group_min_lr", None)}
         if not no_decay_norm_bias:
-            groups.append({"params": params, "weight_decay": weight_decay, "lr_scale": lr_scale})
+            groups.append({"params": params, "weight_decay": weight_decay, **extra})
             continue
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        groups.append({"params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale})
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": lr_scale})
+        groups.append({"params": decay, "weight_decay": weight_decay, **extra})
+        groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
     return [g for g in groups if g["params"]]
 
 
@@ -52,18 +57,27 @@ class LRSchedule:
         self.gamma = cfg["gamma"]
 
     def __call__(self, step: int) -> float:
+        return self.at(step, self.lr, self.min_lr)
+
+    def at(self, step: int, lr: float, min_lr: float) -> float:
+        """The schedule's shape between peak ``lr`` and final ``min_lr``."""
         if step < self.warmup:
             frac = step / self.warmup
-            return self.lr * (self.warmup_start + (1.0 - self.warmup_start) * frac)
+            return lr * (self.warmup_start + (1.0 - self.warmup_start) * frac)
         if self.kind == "cosine":
             t = (step - self.warmup) / max(1, self.total - self.warmup)
-            return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+            return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
         if self.kind == "step":
-            return self.lr * self.gamma ** sum(step >= m for m in self.milestones)
-        return self.lr
+            return lr * self.gamma ** sum(step >= m for m in self.milestones)
+        return lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            if group.get("base_lr") is not None or group.get("floor_lr") is not None:
+                peak = group["base_lr"] if group.get("base_lr") is not None else self.lr
+                floor = group["floor_lr"] if group.get("floor_lr") is not None else self.min_lr
+                group["lr"] = self.at(step, peak, min(floor, peak))
+            else:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixbench.data import DataConfig, build_loaders
+from mixbench.data import DataConfig, build_loaders, build_semisup_loaders
 from mixbench.engine.distributed import DistInfo
 from mixbench.engine.ema import EMA
 from mixbench.engine.optim import LRSchedule, build_optimizer
@@ -30,7 +30,7 @@ from mixbench.engine.progress import Reporter, make_reporter
 from mixbench.engine.seeding import global_rng_state, seed_everything, set_global_rng_state
 from mixbench.errors import DivergedError, UserError
 from mixbench.losses import LOSSES
-from mixbench.methods import MethodContext, build_method
+from mixbench.methods import METHODS, MethodContext, build_method
 from mixbench.mixing.base import MixRNG
 from mixbench.mixing.cost import time_ms
 from mixbench.models import build_model
@@ -141,11 +141,18 @@ def fit(
     loader_gen.manual_seed(recipe.seed)
     mix_rng = MixRNG(recipe.seed + 1, device)
 
-    train_loader, test_loader, info = build_loaders(
-        DataConfig(**recipe.data), device=device,
-        batch_size=dist.per_device_batch(tcfg["batch_size"]), eval_batch_size=ecfg["batch_size"],
-        generator=loader_gen, channels_last=tcfg["channels_last"], drop_last=True,
-    )
+    mparams = dict(recipe.method)
+    method_name = mparams.pop("name")
+    semisup = METHODS.get(method_name).scenario == "semisup"
+    loader_kw = {"device": device, "batch_size": dist.per_device_batch(tcfg["batch_size"]),
+                 "eval_batch_size": ecfg["batch_size"], "generator": loader_gen,
+                 "channels_last": tcfg["channels_last"]}
+    if semisup:
+        train_loader, test_loader, info = build_semisup_loaders(DataConfig(**recipe.data), **loader_kw)
+        images_per_step = tcfg["batch_size"] * (1 + recipe.data["unlabeled_ratio"])
+    else:
+        train_loader, test_loader, info = build_loaders(DataConfig(**recipe.data), **loader_kw, drop_last=True)
+        images_per_step = tcfg["batch_size"]
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise UserError(f"[train].batch_size = {tcfg['batch_size']} is larger than the "
@@ -161,10 +168,12 @@ def fit(
 
     lcfg = dict(recipe.loss)
     loss_fn = LOSSES.get(lcfg.pop("name"))(**lcfg)
-    mparams = dict(recipe.method)
-    method_name = mparams.pop("name")
+    model_spec = {"name": mcfg["name"], "width": mcfg["width"], "image_size": info.image_size[0],
+                  "num_classes": info.num_classes, "dataset": recipe.data["source"],
+                  "mean": list(info.mean), "std": list(info.std)}
     ctx = MethodContext(model=run_model, loss=loss_fn, num_classes=info.num_classes, device=device,
-                        rng=mix_rng, epochs=tcfg["epochs"], steps_per_epoch=steps_per_epoch)
+                        rng=mix_rng, epochs=tcfg["epochs"], steps_per_epoch=steps_per_epoch,
+                        train=dict(tcfg), model_spec=model_spec)
     method = build_method(method_name, mparams, ctx)
     optimizer = build_optimizer(method.trainable(), tcfg)
     schedule = LRSchedule(tcfg, steps_per_epoch)
@@ -197,18 +206,19 @@ def fit(
         run.write_meta(meta)
 
     probe_x, probe_y = _probe_batch(test_loader, tcfg["batch_size"] // dist.world_size)
-    mixer = getattr(method, "mixer", None)
+    mixes = method.mix_preview(probe_x[:2], probe_y[:2], MixRNG(recipe.seed + 7919, device)) is not None
     mixer_ms = None
-    if mixer is not None:
+    if mixes:
         probe_rng = MixRNG(recipe.seed + 7919, device)  # never the training stream
         with _autocast(device, tcfg["precision"]):
-            mixer_ms = time_ms(lambda: mixer(probe_x, probe_y, probe_rng), device, repeats=3, warmup=1)
+            mixer_ms = time_ms(lambda: method.mix_preview(probe_x, probe_y, probe_rng), device,
+                               repeats=3, warmup=1)
 
     def save_mixes(epoch: int) -> None:
         from mixbench.visualize import save_mixes as write_grid
 
         x, y = probe_x[:8], probe_y[:8]
-        mix = mixer(x, y, MixRNG(recipe.seed + epoch, device))
+        mix = method.mix_preview(x, y, MixRNG(recipe.seed + epoch, device))
         write_grid(run.path / "mixes" / f"epoch{epoch:04d}.png", x, mix, info.mean, info.std, info.classes,
                    title=f"{method_name} after epoch {epoch}")
 
@@ -222,7 +232,7 @@ def fit(
                             base={**base, "status": status, "wall_time_s": wall,
                                   "peak_memory_mb": _peak_memory_mb(device)})
         if mixer_ms is not None and summary.get("images_per_s"):
-            step_ms = 1000.0 * tcfg["batch_size"] / summary["images_per_s"]
+            step_ms = 1000.0 * images_per_step / summary["images_per_s"]
             summary["mixer_overhead_pct"] = 100.0 * mixer_ms / step_ms
         run.write_summary(summary)
         run.update_meta(status=status, end_time=utc_now())
@@ -239,13 +249,17 @@ def fit(
                     "mix": mix_rng.state_dict()},
             "recipe_hash": recipe.config_hash(),
         })
+        for file_name, obj in method.export().items():
+            atomic_torch_save(run.path / file_name, obj)
 
     reporter = reporter or make_reporter(dist.is_main)
     epochs, stop_after = tcfg["epochs"], tcfg["stop_after"] or tcfg["epochs"]
-    log_every, batch = tcfg["log_every"], tcfg["batch_size"]
+    log_every, batch = tcfg["log_every"], images_per_step
+    clip_params = [p for g in optimizer.param_groups for p in g["params"]]
     t_run = time.perf_counter()
     wall = prior_wall
     reporter.start(epochs, steps_per_epoch, start_epoch)
+    method.begin(step)
     try:
         with _StopFlag() as stop:
             for epoch in range(start_epoch + 1, min(epochs, stop_after) + 1):
@@ -254,24 +268,25 @@ def fit(
                 loss_sum = torch.zeros((), device=device)
                 bad = torch.zeros((), device=device, dtype=torch.bool)
                 t_log, s_log = t0, 0
-                for i, (x, y) in enumerate(train_loader, start=1):
+                for i, batch_data in enumerate(train_loader, start=1):
                     lr = schedule.apply(optimizer, step)
                     with _autocast(device, tcfg["precision"]):
-                        loss = method.step(x, y)["loss"]
+                        loss = method.step(*batch_data)["loss"]
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()
                         if tcfg["grad_clip"]:
                             scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+                            torch.nn.utils.clip_grad_norm_(clip_params, tcfg["grad_clip"])
                         scaler.step(optimizer)
                         scaler.update()
                     else:
                         loss.backward()
                         if tcfg["grad_clip"]:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+                            torch.nn.utils.clip_grad_norm_(clip_params, tcfg["grad_clip"])
                         optimizer.step()
                     step += 1
+                    method.after_step(step)
                     if ema is not None:
                         ema.update(model)
                     loss = loss.detach()
@@ -294,16 +309,19 @@ def fit(
                 }
                 if epoch % ecfg["every"] == 0 or epoch in (epochs, stop_after):
                     t_eval = time.perf_counter()
-                    record["top1"], record["top5"] = evaluate(run_model, test_loader, device,
+                    record["top1"], record["top5"] = evaluate(method.eval_model(), test_loader, device,
                                                               tcfg["precision"])
                     if ema is not None and ecfg["ema"]:
                         record["ema_top1"], record["ema_top5"] = evaluate(
                             ema.module, test_loader, device, tcfg["precision"])
+                    for head, head_model in method.eval_models().items():
+                        record[f"{head}_top1"], record[f"{head}_top5"] = evaluate(
+                            head_model, test_loader, device, tcfg["precision"])
                     record["eval_seconds"] = time.perf_counter() - t_eval
                 wall = prior_wall + time.perf_counter() - t_run
                 record["wall_time_s"] = wall
                 run.append_metrics(record)
-                if mixer is not None and ecfg["save_mixes"] and epoch % ecfg["save_mixes"] == 0:
+                if mixes and ecfg["save_mixes"] and epoch % ecfg["save_mixes"] == 0:
                     save_mixes(epoch)
                 if epoch % tcfg["checkpoint_every"] == 0 or epoch in (epochs, stop_after):
                     save_checkpoint(epoch, wall)

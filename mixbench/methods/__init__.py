@@ -4,13 +4,28 @@ A method owns one training step; see :class:`mixbench.methods.base.Method`. Ever
 mixer is also a supervised method of the same name.
 """
 
+from mixbench.methods.automix import AutoMix
 from mixbench.methods.base import METHODS, Method, MethodContext
+from mixbench.methods.fixmatch import DMixMatch, FixMatch
+from mixbench.methods.samix import SAMix
 from mixbench.methods.supervised import Supervised, register_mixer
 from mixbench.mixing import MIXERS
+from mixbench.mixing.samixp import SAMixP
+
+
+def _register(name: str, cls: type[Method]) -> None:
+    doc = (cls.__doc__ or name).strip().splitlines()[0]
+    METHODS.register(name, doc=doc, params=cls.params, check=cls.check, differs=cls.differs)(cls)
+
 
 METHODS.register("vanilla", doc="plain supervised training, no mixing", params={})(Supervised)
 for _entry in MIXERS:
     register_mixer(_entry.name, _entry.factory)
+_register("automix", AutoMix)
+_register("samix", SAMix)
+_register("fixmatch", FixMatch)
+_register("dmixmatch", DMixMatch)
+register_mixer("samixp", SAMixP)  # a frozen pre-trained Mixer: a sample mixer, not in MIXERS (needs a file)
 
 __all__ = ["METHODS", "Method", "MethodContext", "Supervised", "build_method"]
 

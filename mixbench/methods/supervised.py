@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mixbench.methods.base import METHODS, Method, MethodContext
-from mixbench.mixing.base import Mixer, MixOutput, forward_mixed, identity_mix
+from mixbench.mixing.base import Mixer, MixOutput, MixRNG, forward_mixed, identity_mix
 from mixbench.params import Param
 
 PROB = Param("float", 1.0, "chance that a batch is mixed at all", low=0, high=1)
@@ -40,7 +40,16 @@ class Supervised(Method):
             return {"loss": self.ctx.loss(self.model(x), y)}
         mix = self.mix(x, y)
         logits = forward_mixed(self.model, mix)
-        return {"loss": self.ctx.loss(logits, mix.y_a, mix.y_b, mix.lam)}
+        loss = self.ctx.loss(logits, mix.y_a, mix.y_b, mix.lam)
+        if getattr(self.mixer, "clean_loss", False):  # a mixer may ask for CE on the clean batch too
+            loss = loss + self.ctx.loss(self.model(x), y)
+        return {"loss": loss}
+
+    def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
+        if self.mixer is None:
+            return None
+        with torch.no_grad():
+            return self.mixer(x, y, rng)
 
     def describe(self) -> dict[str, Any]:
         if self.mixer is None:

@@ -1,9 +1,12 @@
 """``mixbench compare``: every run's summary.json -> one table per (dataset, backbone, epochs).
 
-Per method: completed runs n; top-1 = median of the last 10 evaluated epochs, as mean ± sample
-std over runs (± 0.00 for a single run); best and last top-1 (means); Δ to ``vanilla`` in the
-same group; wall time and images/s (means). Runs that did not complete are never averaged in:
-their counts appear in the ``other`` column (e.g. ``1 interrupted``).
+One row per configuration (method, loss and the recipe's config hash: runs differing only in the
+seed share a row), labelled by the method, ``+ loss`` when the loss is not plain CE, and the
+recipe name when two rows would otherwise look alike. Per row: completed runs n; top-1 = median
+of the last 10 evaluated epochs, as mean ± sample std over runs (± 0.00 for a single run); best
+and last top-1 (means); Δ to ``vanilla`` in the same group; the momentum encoder's top-1 for
+AutoMix/SAMix (its own column, never folded into top-1); wall time and images/s (means). Runs
+that did not complete are never averaged in: their counts appear in the ``other`` column (e.g. ``1 interrupted``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from mixbench.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 REFERENCE_CSV = Path(__file__).with_name("reference_cifar.csv")
-COLUMNS = ["method", "n", "top1", "top1_std", "delta", "best", "last", "wall_min", "images_per_s",
-           "mixer_ms", "other"]
+COLUMNS = ["method", "n", "top1", "top1_std", "delta", "best", "last", "momentum_top1", "wall_min",
+           "images_per_s", "mixer_ms", "other"]
 
 
 @dataclass
@@ -59,9 +62,14 @@ def collect_runs(dirs: list[Path]) -> pd.DataFrame:
                         "run `mixbench run RECIPE` first")
     df = pd.DataFrame(rows)
     for col in ("dataset", "backbone", "epochs", "top1_median_last10", "top1_best", "top1_last",
-                "wall_time_s", "images_per_s", "mixer_ms_per_step"):
+                "wall_time_s", "images_per_s", "mixer_ms_per_step", "momentum_top1_median_last10", "loss",
+                "run_id", "name"):
         if col not in df:
             df[col] = None
+    loss = df["loss"].where(df["loss"].notna() & (df["loss"] != "ce"), "")
+    df["label"] = df["method"].astype(str) + loss.map(lambda v: f" + {v}" if v else "")
+    config = df["run_id"].map(lambda r: str(r).split("-", 1)[-1] if isinstance(r, str) else "")
+    df["row_key"] = df["label"] + "|" + config
     return df
 
 
@@ -71,6 +79,7 @@ def _mean(s: pd.Series) -> float | None:
 
 
 def _method_row(method: str, runs: pd.DataFrame) -> dict[str, Any]:
+    """One leaderboard row from the runs of one configuration."""
     done = runs[runs["status"] == "completed"]
     others = runs[runs["status"] != "completed"]["status"].value_counts()
     top1 = pd.to_numeric(done["top1_median_last10"], errors="coerce").dropna()
@@ -80,6 +89,7 @@ def _method_row(method: str, runs: pd.DataFrame) -> dict[str, Any]:
         "top1": float(top1.mean()) if len(top1) else None,
         "top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else (0.0 if len(top1) else None),
         "delta": None, "best": _mean(done["top1_best"]), "last": _mean(done["top1_last"]),
+        "momentum_top1": _mean(done["momentum_top1_median_last10"]),
         "wall_min": wall / 60 if wall is not None else None,
         "images_per_s": _mean(done["images_per_s"]), "mixer_ms": _mean(done["mixer_ms_per_step"]),
         "other": ", ".join(f"{n} {status}" for status, n in others.items()),
@@ -94,7 +104,11 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[
     runs[["dataset", "backbone"]] = runs[["dataset", "backbone"]].fillna("?")
     for (dataset, backbone, epochs), g in runs.groupby(["dataset", "backbone", "epochs"], sort=True):
         group = Group(dataset, backbone, int(epochs))
-        group.rows = [_method_row(m, r) for m, r in g.groupby("method", sort=True)]
+        group.rows = [_method_row(r["label"].iloc[0], r) for _, r in g.groupby("row_key", sort=True)]
+        labels = [r["method"] for r in group.rows]
+        for row, (_, r) in zip(group.rows, g.groupby("row_key", sort=True), strict=True):
+            if labels.count(row["method"]) > 1:
+                row["method"] += f" [{r['name'].iloc[0] or r['row_key'].iloc[0].split('|')[-1]}]"
         base = next((r["top1"] for r in group.rows if r["method"] == "vanilla"), None)
         for r in group.rows:
             if base is not None and r["top1"] is not None:
@@ -132,11 +146,12 @@ def _display(row: dict[str, Any]) -> list[str]:
         f"{row['top1']:.2f}" + (f" ± {row['top1_std']:.2f}" if row["top1_std"] is not None else ""))
     delta = "" if row["delta"] is None else f"{row['delta']:+.2f}"
     return [row["method"], str(row["n"]), top1, delta, _fmt(row["best"]), _fmt(row["last"]),
-            _fmt(row["wall_min"], 1), _fmt(row["images_per_s"], 0), _fmt(row["mixer_ms"], 2), row["other"]]
+            _fmt(row.get("momentum_top1")), _fmt(row["wall_min"], 1), _fmt(row["images_per_s"], 0),
+            _fmt(row["mixer_ms"], 2), row["other"]]
 
 
-HEADERS = ["method", "n", "top-1 (med. last 10)", "Δ vanilla", "best", "last", "wall (min)", "img/s",
-           "mixer ms/step", "other runs"]
+HEADERS = ["method", "n", "top-1 (med. last 10)", "Δ vanilla", "best", "last", "momentum enc. top-1",
+           "wall (min)", "img/s", "mixer ms/step", "other runs"]
 
 
 def render(groups: list[Group], fmt: str) -> str:
@@ -154,9 +169,13 @@ def render(groups: list[Group], fmt: str) -> str:
         return buf.getvalue()
     style = {"table": "simple", "markdown": "github", "latex": "latex_booktabs"}[fmt]
     parts = []
+    momentum_col = HEADERS.index("momentum enc. top-1")
     for g in groups:
-        table = tabulate([_display(r) for r in g.rows], headers=HEADERS, tablefmt=style,
-                         disable_numparse=True)
+        rows, headers = [_display(r) for r in g.rows], list(HEADERS)
+        if not any(r[momentum_col] for r in rows):  # only learned-mixer runs have a momentum encoder
+            rows, headers = [r[:momentum_col] + r[momentum_col + 1:] for r in rows], headers[:momentum_col] + \
+                headers[momentum_col + 1:]
+        table = tabulate(rows, headers=headers, tablefmt=style, disable_numparse=True)
         title = {"markdown": f"### {g.title}\n", "latex": f"% {g.title}\n"}.get(fmt, f"{g.title}\n")
         parts.append(title + table)
     return "\n\n".join(parts)

@@ -151,9 +151,10 @@ def summarize(metrics: list[dict[str, Any]], *, status: str, base: dict[str, Any
     out = dict(base)
     out["status"] = status
     out["epochs_done"] = max((m["epoch"] for m in metrics), default=0)
-    for key in ("top1", "top5", "ema_top1", "ema_top5"):
+    extra = sorted({k for m in metrics for k in m if k.endswith(("_top1", "_top5"))})  # ema_, momentum_, ...
+    for key in ("top1", "top5", *extra):
         values = [m[key] for m in metrics if m.get(key) is not None]
-        if key.startswith("ema") and not values:
+        if key in extra and not values:
             continue
         out[f"{key}_best"], out[f"{key}_last"], out[f"{key}_median_last10"] = _stats(values)
     ips = [m["images_per_s"] for m in metrics if m.get("images_per_s")]
