@@ -221,13 +221,15 @@ def visualize(
         from mixbench.data import DataConfig, load_image_data
         from mixbench.engine import resolve_device
         from mixbench.methods import METHODS
-        from mixbench.mixing import MIXERS, MixRNG, build_mixer
+        from mixbench.mixing import FILE_MIXERS, MIXERS, MixRNG, build_mixer
         from mixbench.models import build_model
         from mixbench.visualize import save_mixes
 
-        if method not in MIXERS:
-            hint = " (it trains without mixing)" if method in METHODS else ""
-            raise UserError(f"--method: '{method}' is not a mixer{hint}; valid: {', '.join(MIXERS.names())}")
+        if method not in MIXERS and method not in FILE_MIXERS:
+            hint = (" (its Mixer trains with the model: see eval.save_mixes)" if method in ("automix", "samix")
+                    else " (it trains without mixing)" if method in METHODS else "")
+            valid = ", ".join([*MIXERS.names(), *FILE_MIXERS])
+            raise UserError(f"--method: '{method}' is not a mixer{hint}; valid: {valid}")
         if out.suffix.lower() != ".png":
             raise UserError(f"--out {out}: expected a .png file name")
         dev = resolve_device(device.value)

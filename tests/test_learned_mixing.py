@@ -229,6 +229,13 @@ def test_samixp_loads_a_frozen_mixer_on_another_backbone_and_trains(tiny_recipe,
     assert not any(p.requires_grad for p in method.mixer.block.parameters())
     for k, v in method.mixer.block.state_dict().items():
         torch.testing.assert_close(v, saved["mixer"][k])
+    png = tmp_path / "samixp.png"
+    res = CliRunner().invoke(app, ["visualize", "--method", "samixp", "--n", "4", "--out", str(png), "--device", "cpu",
+                                   "--set", f"mixer_checkpoint={json.dumps(str(source.run_dir / 'mixer.pt'))}"])
+    assert res.exit_code == 0, res.output
+    assert png.is_file()
+    res = CliRunner().invoke(app, ["visualize", "--method", "automix", "--out", str(png)])
+    assert res.exit_code == 2 and "eval.save_mixes" in res.output
     x, y = batch()
     x = F.interpolate(x, size=32)
     mix = method.mixer(x, y, MixRNG(1, torch.device("cpu")))
@@ -243,3 +250,27 @@ def test_samixp_bad_checkpoint_is_one_sentence_exit_2(tiny_recipe, tmp_path):
     assert res.exit_code == 2
     assert "mixer_checkpoint" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method,sets", [
+    ("samix", []),
+    ("dmixmatch", ["data.labels_per_class=4", "data.unlabeled_ratio=3", "train.batch_size=8", "loss.name=dm"]),
+])
+def test_resume_restores_the_methods_own_modules(method, sets, tiny_recipe, tmp_path):
+    path = tiny_recipe(name=f"resume-{method}", method=method, epochs=2, train_size=100)
+    common = ["train.deterministic=true", *sets]
+    full = fit(load_recipe(path, common), out_root=tmp_path / "a", device=torch.device("cpu"))
+    half = fit(load_recipe(path, [*common, "train.stop_after=1"]), out_root=tmp_path / "b",
+               device=torch.device("cpu"))
+    assert half.status == "interrupted"
+    resumed = fit(load_recipe(path, common), out_root=tmp_path / "b", device=torch.device("cpu"), resume=True)
+    a = [json.loads(line) for line in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    extra = "momentum_top1" if method == "samix" else "student_top1"
+    for ma, mb in zip(a, b, strict=True):
+        for key in ("train_loss", "top1", extra):
+            assert ma[key] == mb[key], (key, ma, mb)
+    ca = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)["extra"]
+    cb = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["extra"]
+    for name in ca:
+        assert all(torch.equal(ca[name][k], cb[name][k]) for k in ca[name]), name

@@ -19,7 +19,8 @@ from rich.progress import (
 
 def _fmt(metrics: dict[str, Any]) -> str:
     parts = []
-    for k, v in metrics.items():
+    flat = {k: v for k, v in metrics.items() if k != "terms"} | metrics.get("terms", {})
+    for k, v in flat.items():
         if v is None:
             continue
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")

@@ -266,12 +266,17 @@ def fit(
                 model.train()
                 t0 = time.perf_counter()
                 loss_sum = torch.zeros((), device=device)
+                term_sums: dict[str, torch.Tensor] = {}  # the method's other named scalars, summed on the device
                 bad = torch.zeros((), device=device, dtype=torch.bool)
                 t_log, s_log = t0, 0
                 for i, batch_data in enumerate(train_loader, start=1):
                     lr = schedule.apply(optimizer, step)
                     with _autocast(device, tcfg["precision"]):
-                        loss = method.step(*batch_data)["loss"]
+                        out = method.step(*batch_data)
+                    loss = out["loss"]
+                    for key, value in out.items():
+                        if key != "loss" and value.dim() == 0:
+                            term_sums[key] = term_sums.get(key, 0.0) + value.detach().float()
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()
@@ -307,6 +312,9 @@ def fit(
                     "top1": None, "top5": None, "epoch_seconds": train_s,
                     "images_per_s": steps_per_epoch * batch / train_s,
                 }
+                if term_sums:  # epoch means of e.g. mask_rate, pseudo_acc, loss_mixer: one sync per epoch
+                    means = (torch.stack(list(term_sums.values())) / steps_per_epoch).tolist()
+                    record["terms"] = dict(zip(term_sums, means, strict=True))
                 if epoch % ecfg["every"] == 0 or epoch in (epochs, stop_after):
                     t_eval = time.perf_counter()
                     record["top1"], record["top5"] = evaluate(method.eval_model(), test_loader, device,

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mixbench.losses.mixed import LOSSES
+from mixbench.losses.mixed import reduce as _reduce
 from mixbench.params import Param
 
 __all__ = [
@@ -43,11 +44,6 @@ TIE = 0.5  # the share that separates the minority ("less") from the majority ("
 
 LAM_POWER = Param("float", 1.0, "exponent p of the share weight min(1, (share/thr)^p); 0 = constant",
                   low=0)
-
-
-def _reduce(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """mean_i(w_i ℓ_i), or the plain mean without weights."""
-    return (per_sample if weight is None else per_sample * weight.float()).mean()
 
 
 def _per_sample(lam: torch.Tensor | float | None, n: int, device: torch.device) -> torch.Tensor:

@@ -9,8 +9,7 @@ from mixbench.methods.base import METHODS, Method, MethodContext
 from mixbench.methods.fixmatch import DMixMatch, FixMatch
 from mixbench.methods.samix import SAMix
 from mixbench.methods.supervised import Supervised, register_mixer
-from mixbench.mixing import MIXERS
-from mixbench.mixing.samixp import SAMixP
+from mixbench.mixing import FILE_MIXERS, MIXERS
 
 
 def _register(name: str, cls: type[Method]) -> None:
@@ -25,7 +24,8 @@ _register("automix", AutoMix)
 _register("samix", SAMix)
 _register("fixmatch", FixMatch)
 _register("dmixmatch", DMixMatch)
-register_mixer("samixp", SAMixP)  # a frozen pre-trained Mixer: a sample mixer, not in MIXERS (needs a file)
+for _name, _cls in FILE_MIXERS.items():  # samixp: a frozen pre-trained Mixer loaded from a file
+    register_mixer(_name, _cls)
 
 __all__ = ["METHODS", "Method", "MethodContext", "Supervised", "build_method"]
 

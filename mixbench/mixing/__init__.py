@@ -21,6 +21,7 @@ from mixbench.mixing.mixup import Mixup
 from mixbench.mixing.puzzlemix import PuzzleMix
 from mixbench.mixing.resizemix import ResizeMix
 from mixbench.mixing.saliencymix import SaliencyMix
+from mixbench.mixing.samixp import SAMixP
 from mixbench.mixing.smoothmix import SmoothMix
 from mixbench.mixing.switch import Switch, switch_params
 
@@ -30,6 +31,9 @@ for _cls in (Mixup, CutMix, ManifoldMix, FMix, SaliencyMix, SmoothMix, GridMix, 
 Switch.params = switch_params()
 MIXERS.register("switch", doc=Switch.__doc__.strip().splitlines()[0])(Switch)
 
+# Mixers that need a file (a pre-trained Mixer): not in MIXERS, whose entries all build from defaults.
+FILE_MIXERS: dict[str, type[Mixer]] = {"samixp": SAMixP}
+
 
 def build_mixer(name: str, params: dict[str, Any] | None = None, *, model: nn.Module | None = None,
                 device: torch.device | None = None) -> Mixer:
@@ -37,7 +41,7 @@ def build_mixer(name: str, params: dict[str, Any] | None = None, *, model: nn.Mo
     from mixbench.errors import RecipeError
     from mixbench.params import check_table
 
-    cls = MIXERS.get(name)
+    cls = FILE_MIXERS[name] if name in FILE_MIXERS else MIXERS.get(name)
     values, problems = check_table(dict(params or {}), cls.params, "[method]", {})
     problems = problems or cls.check(values, "[method]", {})
     if problems:
@@ -52,4 +56,4 @@ def build_mixer(name: str, params: dict[str, Any] | None = None, *, model: nn.Mo
 
 __all__ = ["MIXERS", "MixOutput", "Mixer", "MixRNG", "sample_lambda", "forward_mixed", "identity_mix",
            "build_mixer", "Mixup", "CutMix", "ManifoldMix", "FMix", "SaliencyMix", "SmoothMix", "GridMix",
-           "ResizeMix", "AttentiveMix", "PuzzleMix", "Switch"]
+           "ResizeMix", "AttentiveMix", "PuzzleMix", "Switch", "SAMixP", "FILE_MIXERS"]
