@@ -139,6 +139,9 @@ def test_tiny_semisupervised_run(method, loss, tiny_recipe, tmp_path):
     s = json.loads((result.run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["method"] == method
     assert 0 <= s["top1_last"] <= 100 and 0 <= s["student_top1_last"] <= 100
+    assert s["labels"] == 40  # 4 per class, 10 shapes classes: compare groups runs by label budget
+    terms = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])["terms"]
+    assert 0 <= terms["mask_rate"] <= 1 and "loss_unsup" in terms
     ckpt = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
     assert "teacher" in ckpt["extra"]
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()

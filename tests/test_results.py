@@ -136,3 +136,38 @@ def test_no_runs_is_a_user_error(tmp_path):
         collect_runs([tmp_path])
     with pytest.raises(UserError, match="no such folder"):
         collect_runs([tmp_path / "missing"])
+
+
+def _summary(root, folder, **fields):
+    d = root / folder
+    d.mkdir(parents=True)
+    base = {"schema": 1, "dataset": "cifar100", "backbone": "resnet18_cifar", "epochs": 800, "status": "completed",
+            "top1_best": 80.0, "top1_last": 80.0, "wall_time_s": 60.0, "images_per_s": 100.0}
+    (d / "summary.json").write_text(json.dumps(base | fields))
+
+
+def test_compare_keeps_losses_configs_label_budgets_and_momentum_apart(tmp_path):
+    _summary(tmp_path, "a/seed0-aaaaaa", method="mixup", loss="ce", run_id="seed0-aaaaaa", name="mix",
+             top1_median_last10=79.0)
+    _summary(tmp_path, "a/seed1-aaaaaa", method="mixup", loss="ce", run_id="seed1-aaaaaa", name="mix",
+             top1_median_last10=81.0)
+    _summary(tmp_path, "b/seed0-bbbbbb", method="mixup", loss="dm", run_id="seed0-bbbbbb", name="mix_dm",
+             top1_median_last10=82.0)
+    _summary(tmp_path, "c/seed0-cccccc", method="mixup", loss="ce", run_id="seed0-cccccc", name="mix_a02",
+             top1_median_last10=78.0)
+    _summary(tmp_path, "d/seed0-dddddd", method="samix", loss="ce", run_id="seed0-dddddd", name="samix",
+             top1_median_last10=83.0, momentum_top1_median_last10=82.5)
+    _summary(tmp_path, "e/seed0-eeeeee", method="fixmatch", loss="ce", run_id="seed0-eeeeee", name="fm",
+             top1_median_last10=60.0, labels=400)
+    groups = leaderboard(collect_runs([tmp_path]))
+    full = next(g for g in groups if g.labels is None)
+    semi = next(g for g in groups if g.labels == 400)
+    assert semi.title.endswith("800 epochs · 400 labels") and [r["method"] for r in semi.rows] == ["fixmatch"]
+    rows = {r["method"]: r for r in full.rows}
+    assert rows["mixup + dm"]["top1"] == 82.0
+    assert rows["mixup [mix]"]["n"] == 2 and rows["mixup [mix]"]["top1"] == 80.0  # seeds share a row
+    assert rows["mixup [mix_a02]"]["top1"] == 78.0  # another config of the same method does not
+    assert rows["samix"]["momentum_top1"] == 82.5 and rows["samix"]["top1"] == 83.0
+    text = render(groups, "markdown")
+    assert "momentum enc. top-1" in text.split("400 labels")[0] and "82.50" in text
+    assert "momentum enc. top-1" not in text.split("400 labels")[1]  # no learned mixer in that table

@@ -225,7 +225,8 @@ def fit(
     base = {"schema": 1, "name": recipe.name, "run_id": recipe.run_id(), "method": method_name,
             "dataset": recipe.data["source"], "backbone": mcfg["name"], "loss": recipe.loss["name"],
             "epochs": tcfg["epochs"], "seed": recipe.seed, "device": device_name(device),
-            "params": n_params, "mixer_ms_per_step": mixer_ms, "method_settings": method.describe()}
+            "params": n_params, "mixer_ms_per_step": mixer_ms, "method_settings": method.describe(),
+            "labels": info.train_len if semisup else None}
 
     def finish(status: str, wall: float) -> dict[str, Any]:
         summary = summarize(run.read_metrics(), status=status,

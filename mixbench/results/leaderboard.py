@@ -35,10 +35,12 @@ class Group:
     backbone: str
     epochs: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    labels: int | None = None  # semi-supervised: labelled images; None = every label
 
     @property
     def title(self) -> str:
-        return f"{self.dataset} · {self.backbone} · {self.epochs} epochs"
+        labelled = f" · {self.labels} labels" if self.labels is not None else ""
+        return f"{self.dataset} · {self.backbone} · {self.epochs} epochs{labelled}"
 
 
 def collect_runs(dirs: list[Path]) -> pd.DataFrame:
@@ -63,7 +65,7 @@ def collect_runs(dirs: list[Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("dataset", "backbone", "epochs", "top1_median_last10", "top1_best", "top1_last",
                 "wall_time_s", "images_per_s", "mixer_ms_per_step", "momentum_top1_median_last10", "loss",
-                "run_id", "name"):
+                "run_id", "name", "labels"):
         if col not in df:
             df[col] = None
     loss = df["loss"].where(df["loss"].notna() & (df["loss"] != "ce"), "")
@@ -102,8 +104,10 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[
     runs = runs.copy()
     runs["epochs"] = pd.to_numeric(runs["epochs"], errors="coerce").fillna(0).astype(int)
     runs[["dataset", "backbone"]] = runs[["dataset", "backbone"]].fillna("?")
-    for (dataset, backbone, epochs), g in runs.groupby(["dataset", "backbone", "epochs"], sort=True):
-        group = Group(dataset, backbone, int(epochs))
+    runs["labels"] = pd.to_numeric(runs["labels"], errors="coerce").fillna(-1).astype(int)  # -1: all labels
+    for (dataset, backbone, epochs, labels), g in runs.groupby(["dataset", "backbone", "epochs", "labels"],
+                                                              sort=True):
+        group = Group(dataset, backbone, int(epochs), labels=None if labels < 0 else int(labels))
         group.rows = [_method_row(r["label"].iloc[0], r) for _, r in g.groupby("row_key", sort=True)]
         labels = [r["method"] for r in group.rows]
         for row, (_, r) in zip(group.rows, g.groupby("row_key", sort=True), strict=True):
@@ -113,7 +117,7 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[
         for r in group.rows:
             if base is not None and r["top1"] is not None:
                 r["delta"] = r["top1"] - base
-        if include_reference:
+        if include_reference and group.labels is None:
             group.rows += reference_rows(dataset, backbone, int(epochs))
         group.rows.sort(key=lambda r: (r["method"] != "vanilla" or "published" in r["method"],
                                        -(r["top1"] if r["top1"] is not None else -1)))
@@ -159,10 +163,10 @@ def render(groups: list[Group], fmt: str) -> str:
     if fmt not in FORMATS:
         raise UserError(f"compare: unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
     if fmt == "json":
-        return json.dumps([{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs,
+        return json.dumps([{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs, "labels": g.labels,
                             "rows": g.rows} for g in groups], indent=2)
     if fmt == "csv":
-        flat = [{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs, **r}
+        flat = [{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs, "labels": g.labels, **r}
                 for g in groups for r in g.rows]
         buf = io.StringIO()
         pd.DataFrame(flat).to_csv(buf, index=False)
