@@ -1,5 +1,17 @@
-"""The one training engine: loop, optimiser, schedule, precision, EMA, checkpoints, progress."""
+"""The one training engine: loop, optimiser, schedule, precision, EMA, checkpoints, progress.
 
-from mixbench.engine.trainer import Interrupted, TrainResult, fit, resolve_device
+``fit`` and friends load lazily, so that methods can use the engine's parts (``engine.ema``)
+without importing the trainer, which imports every method.
+"""
+
+from typing import Any
 
 __all__ = ["fit", "resolve_device", "Interrupted", "TrainResult"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from mixbench.engine import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'mixbench.engine' has no attribute {name!r}")

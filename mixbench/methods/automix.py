@@ -10,7 +10,6 @@ then ``θ_k ← m θ_k + (1 − m) θ_q`` with m on a cosine schedule. Labels us
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixbench.engine.ema import EMA
 from mixbench.losses.decoupled import eta_balanced
 from mixbench.methods.base import Method, MethodContext
 from mixbench.mixing.base import MixOutput, MixRNG
@@ -98,12 +98,12 @@ class AutoMix(Method):
                               "(the reference uses λ_mb); the upsampling factor is input size / feature size")
 
     def __init__(self, ctx: MethodContext, **values: Any):
-        super().__init__(ctx)
-        for key, param in self.params.items():
-            setattr(self, key, values.get(key, param.default))
+        super().__init__(ctx, **values)
         online = unwrap(ctx.model)
         self.head_one = nn.Linear(online.backbone.num_features, ctx.num_classes).to(ctx.device)
-        self.momentum_encoder = copy.deepcopy(online).requires_grad_(False)
+        # f_k: EMA of the parameters only; its BatchNorm runs in train mode on its own batches
+        self.momentum_ema = EMA(online, self.momentum, copy_buffers=False)
+        self.momentum_encoder = self.momentum_ema.module.train()
         image = ctx.model_spec.get("image_size", 32)
         with torch.no_grad(), eval_mode(online):
             probe = stage_features(online, torch.zeros(1, 3, image, image, device=ctx.device), self.feature_stage)
@@ -190,13 +190,11 @@ class AutoMix(Method):
         self._step = step
         self.m = momentum_at(step, self.ctx.total_steps, self.momentum, self.momentum_end, self.momentum_warmup)
 
-    @torch.no_grad()
     def after_step(self, step: int) -> None:
         """θ_k ← m θ_k + (1 − m) θ_q for the backbone and the mixup head (BN statistics stay f_k's own)."""
         self.begin(step)
-        k = [p for p in self.momentum_encoder.parameters() if p.dtype.is_floating_point]
-        q = [p for p in unwrap(self.model).parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(k, q, 1.0 - self.m)
+        self.momentum_ema.decay = self.m
+        self.momentum_ema.update(unwrap(self.model))
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"head_one": self.head_one, "momentum_encoder": self.momentum_encoder, "mix_block": self.mix_block}
@@ -223,6 +221,4 @@ class AutoMix(Method):
             "encoder": unwrap(self.momentum_encoder).backbone.state_dict(),
         }}
 
-    def describe(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.params}
 

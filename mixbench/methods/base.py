@@ -45,9 +45,14 @@ class MethodContext:
 class Method:
     """Base class: subclasses implement ``step``; override the rest only when needed."""
 
-    def __init__(self, ctx: MethodContext):
+    def __init__(self, ctx: MethodContext, **values: Any):
         self.ctx = ctx
         self.model = ctx.model
+        unknown = set(values) - set(self.params)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameters {sorted(unknown)}")
+        for key, param in self.params.items():  # each declared [method] key becomes an attribute
+            setattr(self, key, values.get(key, param.default))
 
     scenario: ClassVar[str] = "supervised"  # which loader feeds ``step``: supervised (x, y) or semisup (SemiBatch)
     params: ClassVar[dict[str, Param]] = {}  # the [method] keys besides name
@@ -97,5 +102,5 @@ class Method:
         return {}
 
     def describe(self) -> dict[str, Any]:
-        """Settings recorded in the run's summary (e.g. the mixer's hyperparameters)."""
-        return {}
+        """Settings recorded in the run's summary (by default every declared parameter)."""
+        return {k: getattr(self, k) for k in self.params}

@@ -11,7 +11,6 @@ EMA teacher (momentum 0.999 → 0.99999, cosine after 10 %) is the evaluated mod
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixbench.engine.ema import EMA
 from mixbench.methods.automix import momentum_at
 from mixbench.methods.base import Method, MethodContext
 from mixbench.mixing.base import blend
@@ -60,10 +60,9 @@ class FixMatch(Method):
                               "pseudo_from = 'student' for TorchSSL's")
 
     def __init__(self, ctx: MethodContext, **values: Any):
-        super().__init__(ctx)
-        for key, param in self.params.items():
-            setattr(self, key, values.get(key, param.default))
-        self.teacher = copy.deepcopy(unwrap(ctx.model)).requires_grad_(False).eval()
+        super().__init__(ctx, **values)
+        self.teacher_ema = EMA(unwrap(ctx.model), self.teacher_momentum)
+        self.teacher = self.teacher_ema.module
         self.m = self.teacher_momentum
         self._step = 0
 
@@ -97,16 +96,11 @@ class FixMatch(Method):
         self.m = momentum_at(step, self.ctx.total_steps, self.teacher_momentum, self.teacher_momentum_end,
                              self.teacher_warmup)
 
-    @torch.no_grad()
     def after_step(self, step: int) -> None:
         """θ_t ← m θ_t + (1 − m) θ for the backbone and the head; BN statistics copied."""
         self.begin(step)
-        student = unwrap(self.model)
-        t = [p for p in self.teacher.parameters() if p.dtype.is_floating_point]
-        s = [p for p in student.parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(t, s, 1.0 - self.m)
-        for b_t, b_s in zip(self.teacher.buffers(), student.buffers(), strict=True):
-            b_t.copy_(b_s)
+        self.teacher_ema.decay = self.m
+        self.teacher_ema.update(unwrap(self.model))
 
     def eval_model(self) -> nn.Module:
         return self.teacher
@@ -117,8 +111,6 @@ class FixMatch(Method):
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}
 
-    def describe(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.params}
 
 
 class DMixMatch(FixMatch):
