@@ -229,6 +229,14 @@ def test_samixp_loads_a_frozen_mixer_on_another_backbone_and_trains(tiny_recipe,
     assert not any(p.requires_grad for p in method.mixer.block.parameters())
     for k, v in method.mixer.block.state_dict().items():
         torch.testing.assert_close(v, saved["mixer"][k])
+    # mixer.pt keeps the momentum backbone only up to the Mixer's stage, and it reads the same features
+    assert saved["encoder"] and not any(k.startswith("stages.3.") for k in saved["encoder"])
+    full_k = build_model("resnet18_cifar", 10, width=0.125)
+    full_k.load_state_dict(torch.load(source.run_dir / "checkpoint.pt", weights_only=True)["extra"]["momentum_encoder"])
+    probe = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(stage_features(method.mixer.encoder, probe, 3),
+                                   stage_features(full_k.eval(), probe, 3))
     png = tmp_path / "samixp.png"
     res = CliRunner().invoke(app, ["visualize", "--method", "samixp", "--n", "4", "--out", str(png), "--device", "cpu",
                                    "--set", f"mixer_checkpoint={json.dumps(str(source.run_dir / 'mixer.pt'))}"])

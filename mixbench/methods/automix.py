@@ -28,6 +28,7 @@ from mixbench.mixing.learned import (
     VALUE_NETS,
     MixBlock,
     adjust_mask_mean,
+    encoder_state,
     mask_loss,
     stage_features,
 )
@@ -213,12 +214,12 @@ class AutoMix(Method):
         return MixOutput(torch.lerp(x[index], x, s0), y, y[index], lam_t, index, s0)
 
     def export(self) -> dict[str, Any]:
-        """``mixer.pt``: the Mixer and the momentum backbone it reads, for SAMix^P."""
+        """``mixer.pt``: the Mixer and the part of the momentum backbone it reads (up to its stage), for SAMix^P."""
         return {"mixer.pt": {
             "kind": "mixbench-mixer", "version": MIXER_FILE_VERSION, "method": type(self).__name__.lower(),
             "mixer_config": dict(self.mix_block.config), "mixer": self.mix_block.state_dict(),
             "feature_stage": self.feature_stage, "encoder_spec": dict(self.ctx.model_spec),
-            "encoder": unwrap(self.momentum_encoder).backbone.state_dict(),
+            "encoder": encoder_state(unwrap(self.momentum_encoder).backbone, self.feature_stage),
         }}
 
 

@@ -140,5 +140,19 @@ def stage_features(model: nn.Module, x: torch.Tensor, stage: int) -> torch.Tenso
     return h
 
 
-__all__ = ["MixBlock", "rescale_lambda", "mask_loss", "adjust_mask_mean", "stage_features", "LAM_ENCODINGS",
-           "VALUE_NETS", "QK_MODES"]
+def truncate_backbone(backbone: nn.Module, stage: int) -> nn.Module:
+    """The backbone cut after residual stage ``stage`` (all a Mixer reads): stem + stages 1..stage."""
+    backbone.stages = nn.ModuleList(list(backbone.stages)[:stage])
+    backbone.final = nn.Identity()
+    backbone.num_stages = stage
+    return backbone
+
+
+def encoder_state(backbone: nn.Module, stage: int) -> dict[str, torch.Tensor]:
+    """The state of the stem and stages 1..stage: what ``mixer.pt`` keeps of the momentum backbone."""
+    keep = ("stem.", *(f"stages.{i}." for i in range(stage)))
+    return {k: v for k, v in backbone.state_dict().items() if k.startswith(keep)}
+
+
+__all__ = ["MixBlock", "truncate_backbone", "encoder_state", "rescale_lambda", "mask_loss", "adjust_mask_mean",
+           "stage_features", "LAM_ENCODINGS", "VALUE_NETS", "QK_MODES"]

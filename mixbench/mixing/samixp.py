@@ -15,7 +15,7 @@ import torch
 
 from mixbench.errors import UserError
 from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, sample_lambda, to_device
-from mixbench.mixing.learned import MixBlock, stage_features
+from mixbench.mixing.learned import MixBlock, stage_features, truncate_backbone
 from mixbench.params import Param
 
 
@@ -45,6 +45,7 @@ def load_mixer_file(path: str | Path) -> tuple[torch.nn.Module, MixBlock, int, d
     spec = obj["encoder_spec"]
     try:
         encoder = build_backbone(spec["name"], width=spec["width"], image_size=spec["image_size"])
+        encoder = truncate_backbone(encoder, int(obj["feature_stage"]))
         encoder.load_state_dict(obj["encoder"])
         block = MixBlock(**obj["mixer_config"])
         block.load_state_dict(obj["mixer"])
