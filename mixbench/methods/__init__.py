@@ -7,9 +7,11 @@ mixer is also a supervised method of the same name.
 from mixbench.methods.automix import AutoMix
 from mixbench.methods.base import METHODS, Method, MethodContext
 from mixbench.methods.fixmatch import DMixMatch, FixMatch
+from mixbench.methods.patchmix import LOSS_PARAMS as PATCH_LOSS_PARAMS
+from mixbench.methods.patchmix import PatchMixMethod
 from mixbench.methods.samix import SAMix
-from mixbench.methods.supervised import Supervised, register_mixer
-from mixbench.mixing import FILE_MIXERS, MIXERS
+from mixbench.methods.supervised import PROB, Supervised, register_mixer
+from mixbench.mixing import FILE_MIXERS, MIXERS, PatchMix
 
 
 def _register(name: str, cls: type[Method]) -> None:
@@ -19,7 +21,11 @@ def _register(name: str, cls: type[Method]) -> None:
 
 METHODS.register("vanilla", doc="plain supervised training, no mixing", params={})(Supervised)
 for _entry in MIXERS:
-    register_mixer(_entry.name, _entry.factory)
+    if _entry.name != "patchmix":  # patchmix adds patch-level losses: its own method below
+        register_mixer(_entry.name, _entry.factory)
+METHODS.register("patchmix", doc=PatchMixMethod.__doc__.strip().splitlines()[0],
+                 params={**PatchMix.params, "prob": PROB, **PATCH_LOSS_PARAMS}, check=PatchMix.check,
+                 differs=PatchMix.differs, mixer=PatchMix)(PatchMixMethod)
 _register("automix", AutoMix)
 _register("samix", SAMix)
 _register("fixmatch", FixMatch)

@@ -18,6 +18,7 @@ from mixbench.mixing.fmix import FMix
 from mixbench.mixing.gridmix import GridMix
 from mixbench.mixing.manifoldmix import ManifoldMix
 from mixbench.mixing.mixup import Mixup
+from mixbench.mixing.patchmix import PatchMix
 from mixbench.mixing.puzzlemix import PuzzleMix
 from mixbench.mixing.resizemix import ResizeMix
 from mixbench.mixing.saliencymix import SaliencyMix
@@ -26,7 +27,7 @@ from mixbench.mixing.smoothmix import SmoothMix
 from mixbench.mixing.switch import Switch, switch_params
 
 for _cls in (Mixup, CutMix, ManifoldMix, FMix, SaliencyMix, SmoothMix, GridMix, ResizeMix, AttentiveMix,
-             PuzzleMix):
+             PuzzleMix, PatchMix):
     MIXERS.register(_cls.name, doc=(_cls.__doc__ or _cls.name).strip().splitlines()[0])(_cls)
 Switch.params = switch_params()
 MIXERS.register("switch", doc=Switch.__doc__.strip().splitlines()[0])(Switch)
@@ -56,4 +57,4 @@ def build_mixer(name: str, params: dict[str, Any] | None = None, *, model: nn.Mo
 
 __all__ = ["MIXERS", "MixOutput", "Mixer", "MixRNG", "sample_lambda", "forward_mixed", "identity_mix",
            "build_mixer", "Mixup", "CutMix", "ManifoldMix", "FMix", "SaliencyMix", "SmoothMix", "GridMix",
-           "ResizeMix", "AttentiveMix", "PuzzleMix", "Switch", "SAMixP", "FILE_MIXERS"]
+           "ResizeMix", "AttentiveMix", "PuzzleMix", "Switch", "SAMixP", "PatchMix", "FILE_MIXERS"]

@@ -42,6 +42,7 @@ class MixOutput:
     index: torch.Tensor  # [N] pairing: sample i is mixed with index[i]
     mask: torch.Tensor | None = None  # [N, 1, H, W] weight of the first source, spatial mixers only
     layer: int = 0  # backbone stage where the mix happens (0 = input)
+    cells: torch.Tensor | None = None  # [N, g, g] bool grid pattern, 1 = cell from the first source (PatchMix)
 
 
 class MixRNG:

@@ -10,8 +10,14 @@ patterns and pairings" are the paper's; samplers, operators and fitness are mixb
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
+
+from mixbench.mixing.base import Mixer, MixOutput, MixRNG
+from mixbench.mixing.features import eval_mode, unwrap
+from mixbench.params import Param
 
 SAMPLERS = ("uniform_count", "bernoulli")
 
@@ -145,5 +151,115 @@ def next_generation(pairings: torch.Tensor, patterns: torch.Tensor, fitness: tor
     return (torch.cat([pairings[elite_idx], child_pairings]), torch.cat([patterns[elite_idx], child_patterns]))
 
 
+
+
+# ---------------------------------------------------------------- the mixer
+
+
+def random_pairings(p: int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[P, N]: P independent uniform permutations (argsort of random keys)."""
+    return torch.rand(p, n, device=device, generator=gen).argsort(dim=1)
+
+
+class PatchMix(Mixer):
+    """PatchMix (mixbench reconstruction): g x g grid compositions of image pairs, random or evolved."""
+
+    name: ClassVar[str] = "patchmix"
+    needs_model: ClassVar[bool] = True  # evolution scores candidates with the current model
+    params: ClassVar[dict[str, Param]] = {
+        "grid": Param("int", 4, "g: cells per side (4 at 32 px matches ResNet's final 4x4 map)", low=1),
+        "sampler": Param("str", "uniform_count", "random patterns: n ~ U{1..g²-1} cells, or Bernoulli(½) cells",
+                         choices=SAMPLERS),
+        "lam_mode": Param("str", "sample", "one random pattern per pair (sample) or one for the batch (batch)",
+                          choices=("batch", "sample")),
+        "search": Param("str", "random", "random patterns and pairing, or an evolutionary search",
+                        choices=("random", "evolution")),
+        "population": Param("int", 16, "evolution: candidates (pairing + patterns) per generation", low=2),
+        "generations": Param("int", 5, "evolution: generations per search", low=1),
+        "elite": Param("int", 2, "evolution: fittest candidates kept unchanged", low=1),
+        "flips": Param("int", 2, "evolution: a mutation flips 1..flips cells of each pattern", low=1),
+        "swap_prob": Param("float", 0.1, "evolution: chance a mutation swaps two partners", low=0, high=1),
+        "fitness": Param("str", "mixed_loss", "evolution: mixed_loss (harder preferred, λ kept in [0.1, 0.9]) "
+                         "or patch_agreement (cells whose prediction matches their source)",
+                         choices=("mixed_loss", "patch_agreement")),
+        "search_every": Param("int", 1, "evolution: search every N batches; reuse the best in between", low=1),
+    }
+    differs: ClassVar[str] = ("mixbench reconstruction (no public code): samplers, patch losses, operators and "
+                              "fitness are mixbench's design (spec 5.b)")
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        self._calls = 0
+        self._best: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+        out = []
+        if values["elite"] >= values["population"]:
+            out.append(f"{origin.get('elite', 'recipe')}: {where}.elite must be smaller than {where}.population "
+                       f"({values['population']})")
+        if values["search"] == "evolution" and values["lam_mode"] == "batch":
+            out.append(f"{origin.get('lam_mode', 'recipe')}: {where}.lam_mode = 'batch' works only with "
+                       "search = 'random' (evolution evolves one pattern per pair)")
+        return out
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
+        n = x.shape[0]
+        if self.search == "random":
+            index = rng.permutation(n, x.device)
+            k = 1 if self.lam_mode == "batch" else n
+            patterns = keep_mixed(sample_patterns((k,), self.grid, self.sampler, rng.torch, x.device)).expand(n, -1, -1)
+        else:
+            if self._best is None or self._best[0].shape[0] != n or self._calls % self.search_every == 0:
+                self._best = self.evolve(x, y, rng)
+            index, patterns = self._best
+            self._calls += 1
+        mixed, lam = compose(x, index, patterns)
+        mask = pattern_mask(patterns, *x.shape[-2:]).to(x.dtype)
+        return MixOutput(mixed, y, y[index], lam, index, mask, cells=patterns)
+
+    @torch.no_grad()
+    def fitness_of(self, x: torch.Tensor, y: torch.Tensor, pairings: torch.Tensor,
+                   patterns: torch.Tensor) -> torch.Tensor:
+        """[P] fitness of every candidate, all candidates in one forward pass (eval mode, no update)."""
+        p, n = pairings.shape
+        h, w = x.shape[-2:]
+        mask = pattern_mask(patterns, h, w).to(x.dtype)  # [P, N, 1, H, W]
+        mixed = torch.lerp(x[pairings], x.unsqueeze(0), mask).flatten(0, 1)
+        y_b = y[pairings]
+        with eval_mode(self.model):
+            fmap = unwrap(self.model).backbone.forward_map(mixed)
+            head = unwrap(self.model).head
+            if self.fitness == "patch_agreement":
+                cells = F.adaptive_avg_pool2d(fmap, self.grid)
+                pred = head(cells.permute(0, 2, 3, 1)).argmax(-1).view(p, n, self.grid, self.grid)
+                target = torch.where(patterns, y.view(1, n, 1, 1), y_b.view(p, n, 1, 1))
+                return (pred == target).float().mean(dim=(1, 2, 3))
+            logits = head(unwrap(self.model).backbone.pool(fmap)).float()
+        lam = pattern_lambda(patterns, h, w)  # [P, N]
+        ce_a = F.cross_entropy(logits, y.repeat(p), reduction="none").view(p, n)
+        ce_b = F.cross_entropy(logits, y_b.flatten(), reduction="none").view(p, n)
+        penalty = F.relu(0.1 - lam) + F.relu(lam - 0.9)
+        return (lam * ce_a + (1 - lam) * ce_b - 10.0 * penalty).mean(1)
+
+    def evolve(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best (pairing, patterns) after ``generations`` rounds of selection and variation."""
+        n, gen = x.shape[0], rng.torch
+        pairings = random_pairings(self.population, n, gen, x.device)
+        patterns = keep_mixed(sample_patterns((self.population, n), self.grid, self.sampler, gen, x.device))
+        for g in range(self.generations):
+            fit = self.fitness_of(x, y, pairings, patterns)
+            if g < self.generations - 1:
+                pairings, patterns = next_generation(pairings, patterns, fit, gen, elite=self.elite,
+                                                     flips=self.flips, swap_prob=self.swap_prob)
+        best = fit.argmax()
+        self.last_fitness = fit
+        return pairings[best], patterns[best]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "PatchMix (mixbench reconstruction)", **super().describe()}
+
+
 __all__ = ["SAMPLERS", "cell_rows", "cell_areas", "pattern_mask", "pattern_lambda", "sample_patterns", "compose",
-           "patch_targets", "patch_loss", "mutate", "crossover", "keep_mixed", "next_generation"]
+           "patch_targets", "patch_loss", "mutate", "crossover", "keep_mixed", "next_generation", "random_pairings",
+           "PatchMix"]
