@@ -62,6 +62,8 @@ def render_mixes(x: torch.Tensor, mix: MixOutput, mean: tuple, std: tuple, class
         y0 = top + i * (th + TILE_GAP)
         for c, arr in enumerate(tiles):
             canvas.paste(_tile(arr, scale), (c * (tw + TILE_GAP), y0))
+        if mix.cells is not None:  # PatchMix: each grid cell's label source, 'a' or 'b', on the mask tile
+            _label_cells(draw, mix.cells[i].cpu(), 2 * (tw + TILE_GAP), y0, tw, th)
         ya, yb = int(mix.y_a[i]), int(mix.y_b[i])
         lines = [f"lambda = {float(lam[i]):.3f}", f"a: {classes[ya] if ya < len(classes) else ya}",
                  f"b: {classes[yb] if yb < len(classes) else yb}"]
@@ -69,6 +71,16 @@ def render_mixes(x: torch.Tensor, mix: MixOutput, mean: tuple, std: tuple, class
             lines.append(f"mixed at hidden stage {mix.layer}")
         draw.multiline_text((4 * (tw + TILE_GAP) + 4, y0 + 4), "\n".join(lines), fill="black", spacing=3)
     return canvas
+
+
+def _label_cells(draw: ImageDraw.ImageDraw, cells: torch.Tensor, x0: int, y0: int, tw: int, th: int) -> None:
+    """Write 'a' (cell from the first image) or 'b' at the centre of every grid cell of a tile."""
+    g = cells.shape[-1]
+    for r in range(g):
+        for c in range(g):
+            a = bool(cells[r, c])
+            cx, cy = x0 + int((c + 0.5) * tw / g) - 3, y0 + int((r + 0.5) * th / g) - 5
+            draw.text((cx, cy), "a" if a else "b", fill="black" if a else "white")
 
 
 def save_mixes(path: Path, x: torch.Tensor, mix: MixOutput, mean: tuple, std: tuple, classes: list[str],

@@ -149,3 +149,25 @@ def test_short_run_on_shapes(search, tiny_recipe, tmp_path):
     assert s["method_settings"]["search"] == search and s["mixer_ms_per_step"] > 0
     terms = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])["terms"]
     assert terms["loss_patch"] > 0
+
+
+def test_visualize_labels_every_cell():
+    import numpy as np
+
+    from mixbench.mixing.base import MixOutput
+    from mixbench.visualize import TILE_GAP, render_mixes
+
+    x, y = batch(1)
+    cells = torch.ones(1, 2, 2, dtype=torch.bool)
+    cells[0, 1, 1] = False
+    mask = pattern_mask(cells, 32, 32)
+    index = torch.zeros(1, dtype=torch.long)
+    plain = MixOutput(x, y, y, pattern_lambda(cells, 32, 32), index, mask)
+    labelled = MixOutput(x, y, y, pattern_lambda(cells, 32, 32), index, mask, cells=cells)
+    a = np.asarray(render_mixes(x, plain, (0, 0, 0), (1, 1, 1), ["c"] * 10, scale=3))
+    b = np.asarray(render_mixes(x, labelled, (0, 0, 0), (1, 1, 1), ["c"] * 10, scale=3))
+    x0 = 2 * (96 + TILE_GAP)
+    tile_a, tile_b = a[:, x0:x0 + 96], b[:, x0:x0 + 96]
+    assert (tile_a != tile_b).any()  # letters drawn on the mask tile
+    top_left_b = b[-96:, x0:x0 + 48]  # a white cell ('a' from the first image) now holds dark text
+    assert (top_left_b < 128).any() and (a[-96:, x0:x0 + 48] > 250).all()
