@@ -87,7 +87,8 @@ def test_one_recipe_per_mixer_with_the_reference_alpha(dataset):
     from mixbench.recipe import load_recipe
 
     for entry in MIXERS:
-        r = load_recipe(REPO / "recipes" / f"{dataset}_r18_{entry.name}.toml")
+        variant = "_random" if entry.name == "patchmix" else ""  # patchmix ships _random and _evolution
+        r = load_recipe(REPO / "recipes" / f"{dataset}_r18_{entry.name}{variant}.toml")
         assert r.method["name"] == entry.name and r.data["source"] == dataset
         assert r.model["name"] == "resnet18_cifar" and r.train["batch_size"] == 100
         if entry.name in REFERENCE_ALPHA:
