@@ -171,3 +171,45 @@ def test_visualize_labels_every_cell():
     assert (tile_a != tile_b).any()  # letters drawn on the mask tile
     top_left_b = b[-96:, x0:x0 + 48]  # a white cell ('a' from the first image) now holds dark text
     assert (top_left_b < 128).any() and (a[-96:, x0:x0 + 48] > 250).all()
+
+
+def test_grid_zero_follows_the_final_feature_map(model):
+    mixer = build_mixer("patchmix", {"grid": 0}, model=model)
+    x, y = batch()
+    assert mixer(x, y, MixRNG(0, CPU)).cells.shape[-1] == 4  # ResNet-10 CIFAR: stride 8 at 32 px
+    small = torch.nn.functional.interpolate(x, size=16)
+    assert mixer(small, y, MixRNG(0, CPU)).cells.shape[-1] == 2
+    assert mixer.describe()["grid_used"] == 2
+
+
+def test_evolution_best_fitness_never_falls_across_generations(model):
+    mixer = build_mixer("patchmix", {**EVO, "generations": 6}, model=model)
+    mixer(*batch(), MixRNG(4, CPU))
+    best = [float(b) for b in mixer.history]
+    assert len(best) == 6 and all(b2 >= b1 - 1e-6 for b1, b2 in zip(best, best[1:], strict=False))
+
+
+def test_virtual_step_fitness_matches_one_real_sgd_step(model):
+    import copy
+
+    x, y = batch(4)
+    mixer = build_mixer("patchmix", {**EVO, "fitness": "virtual_step", "virtual_lr": 0.05}, model=model)
+    pairing = torch.tensor([[1, 2, 3, 0], [3, 2, 1, 0]])
+    patterns = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    patterns[0, :, :2] = True
+    patterns[1, :, :, :1] = True
+    fit_ = mixer.fitness_of(x, y, pairing, patterns)
+    for c in range(2):
+        twin = copy.deepcopy(model).eval()
+        lam = pattern_lambda(patterns[c], 32, 32)
+        xm = torch.lerp(x[pairing[c]], x, pattern_mask(patterns[c], 32, 32))
+        logits = twin(xm)
+        loss = (lam * F.cross_entropy(logits, y, reduction="none")
+                + (1 - lam) * F.cross_entropy(logits, y[pairing[c]], reduction="none")).mean()
+        loss.backward()
+        with torch.no_grad():
+            before = F.cross_entropy(twin(x), y)
+            for prm in twin.parameters():
+                prm -= 0.05 * prm.grad
+            after = F.cross_entropy(twin(x), y)
+        torch.testing.assert_close(fit_[c], before - after, rtol=1e-3, atol=1e-5)

@@ -167,7 +167,8 @@ class PatchMix(Mixer):
     name: ClassVar[str] = "patchmix"
     needs_model: ClassVar[bool] = True  # evolution scores candidates with the current model
     params: ClassVar[dict[str, Param]] = {
-        "grid": Param("int", 4, "g: cells per side (4 at 32 px matches ResNet's final 4x4 map)", low=1),
+        "grid": Param("int", 0, "g: cells per side; 0 = the side of the backbone's final feature map "
+                      "(4 for a CIFAR ResNet at 32 px)", low=0),
         "sampler": Param("str", "uniform_count", "random patterns: n ~ U{1..g²-1} cells, or Bernoulli(½) cells",
                          choices=SAMPLERS),
         "lam_mode": Param("str", "sample", "one random pattern per pair (sample) or one for the batch (batch)",
@@ -179,9 +180,11 @@ class PatchMix(Mixer):
         "elite": Param("int", 2, "evolution: fittest candidates kept unchanged", low=1),
         "flips": Param("int", 2, "evolution: a mutation flips 1..flips cells of each pattern", low=1),
         "swap_prob": Param("float", 0.1, "evolution: chance a mutation swaps two partners", low=0, high=1),
-        "fitness": Param("str", "mixed_loss", "evolution: mixed_loss (harder preferred, λ kept in [0.1, 0.9]) "
-                         "or patch_agreement (cells whose prediction matches their source)",
-                         choices=("mixed_loss", "patch_agreement")),
+        "fitness": Param("str", "mixed_loss", "evolution: mixed_loss (harder preferred, λ kept in [0.1, 0.9]), "
+                         "patch_agreement (cells whose prediction matches their source) or virtual_step (drop of "
+                         "the clean batch's loss after one virtual SGD step on the candidate)",
+                         choices=("mixed_loss", "patch_agreement", "virtual_step")),
+        "virtual_lr": Param("float", 0.1, "fitness virtual_step: lr of the virtual SGD step", low=0, low_open=True),
         "search_every": Param("int", 1, "evolution: search every N batches; reuse the best in between", low=1),
     }
     differs: ClassVar[str] = ("mixbench reconstruction (no public code): samplers, patch losses, operators and "
@@ -191,6 +194,23 @@ class PatchMix(Mixer):
         super().__init__(**values)
         self._calls = 0
         self._best: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.history: list[torch.Tensor] = []  # best fitness of each generation of the last search
+
+    def cells_per_side(self, x: torch.Tensor) -> int:
+        """``grid``, or (grid = 0) the side of the final feature map of the bound model for this input."""
+        if self.grid:
+            return self.grid
+        if getattr(self, "_auto", None) is None or self._auto[0] != tuple(x.shape[-2:]):
+            from mixbench.errors import UserError
+
+            if getattr(self, "model", None) is None:
+                raise UserError("[method].grid = 0 needs a model to size the grid; give grid explicitly")
+            with torch.no_grad(), eval_mode(self.model):
+                fmap = unwrap(self.model).backbone.forward_map(x[:1])
+            if fmap.dim() != 4:
+                raise UserError("[method].grid = 0: the backbone has no spatial feature map; give grid explicitly")
+            self._auto = (tuple(x.shape[-2:]), int(fmap.shape[-1]))
+        return self._auto[1]
 
     @classmethod
     def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
@@ -207,8 +227,8 @@ class PatchMix(Mixer):
         n = x.shape[0]
         if self.search == "random":
             index = rng.permutation(n, x.device)
-            k = 1 if self.lam_mode == "batch" else n
-            patterns = keep_mixed(sample_patterns((k,), self.grid, self.sampler, rng.torch, x.device)).expand(n, -1, -1)
+            k, g = (1 if self.lam_mode == "batch" else n), self.cells_per_side(x)
+            patterns = keep_mixed(sample_patterns((k,), g, self.sampler, rng.torch, x.device)).expand(n, -1, -1)
         else:
             if self._best is None or self._best[0].shape[0] != n or self._calls % self.search_every == 0:
                 self._best = self.evolve(x, y, rng)
@@ -224,15 +244,19 @@ class PatchMix(Mixer):
         """[P] fitness of every candidate, all candidates in one forward pass (eval mode, no update)."""
         p, n = pairings.shape
         h, w = x.shape[-2:]
+        g = patterns.shape[-1]
         mask = pattern_mask(patterns, h, w).to(x.dtype)  # [P, N, 1, H, W]
         mixed = torch.lerp(x[pairings], x.unsqueeze(0), mask).flatten(0, 1)
         y_b = y[pairings]
+        if self.fitness == "virtual_step":
+            return self._virtual_step_fitness(x, y, mixed.view(p, n, *x.shape[1:]), y_b,
+                                              pattern_lambda(patterns, h, w))
         with eval_mode(self.model):
             fmap = unwrap(self.model).backbone.forward_map(mixed)
             head = unwrap(self.model).head
             if self.fitness == "patch_agreement":
-                cells = F.adaptive_avg_pool2d(fmap, self.grid)
-                pred = head(cells.permute(0, 2, 3, 1)).argmax(-1).view(p, n, self.grid, self.grid)
+                cells = F.adaptive_avg_pool2d(fmap, g)
+                pred = head(cells.permute(0, 2, 3, 1)).argmax(-1).view(p, n, g, g)
                 target = torch.where(patterns, y.view(1, n, 1, 1), y_b.view(p, n, 1, 1))
                 return (pred == target).float().mean(dim=(1, 2, 3))
             logits = head(unwrap(self.model).backbone.pool(fmap)).float()
@@ -244,11 +268,13 @@ class PatchMix(Mixer):
 
     def evolve(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> tuple[torch.Tensor, torch.Tensor]:
         """The best (pairing, patterns) after ``generations`` rounds of selection and variation."""
-        n, gen = x.shape[0], rng.torch
+        n, gen, side = x.shape[0], rng.torch, self.cells_per_side(x)
         pairings = random_pairings(self.population, n, gen, x.device)
-        patterns = keep_mixed(sample_patterns((self.population, n), self.grid, self.sampler, gen, x.device))
+        patterns = keep_mixed(sample_patterns((self.population, n), side, self.sampler, gen, x.device))
+        self.history = []
         for g in range(self.generations):
             fit = self.fitness_of(x, y, pairings, patterns)
+            self.history.append(fit.max())
             if g < self.generations - 1:
                 pairings, patterns = next_generation(pairings, patterns, fit, gen, elite=self.elite,
                                                      flips=self.flips, swap_prob=self.swap_prob)
@@ -256,8 +282,37 @@ class PatchMix(Mixer):
         self.last_fitness = fit
         return pairings[best], patterns[best]
 
+    def _virtual_step_fitness(self, x: torch.Tensor, y: torch.Tensor, mixed: torch.Tensor, y_b: torch.Tensor,
+                              lam: torch.Tensor) -> torch.Tensor:
+        """[P] drop of the clean batch's CE after one virtual SGD step (lr ``virtual_lr``) on each
+        candidate's mixed batch; per-candidate gradients by ``torch.func`` (vmap over candidates)."""
+        from torch.func import functional_call, grad, vmap
+
+        model = unwrap(self.model)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+
+        def mixed_loss(prm, xm, yb, lm):
+            logits = functional_call(model, (prm, buffers), (xm,)).float()
+            ce_a = F.cross_entropy(logits, y, reduction="none")
+            ce_b = F.cross_entropy(logits, yb, reduction="none")
+            return (lm * ce_a + (1 - lm) * ce_b).mean()
+
+        def clean_loss(prm):
+            return F.cross_entropy(functional_call(model, (prm, buffers), (x,)).float(), y)
+
+        with eval_mode(self.model), torch.enable_grad():
+            grads = vmap(grad(mixed_loss), in_dims=(None, 0, 0, 0))(params, mixed, y_b, lam)
+        with torch.no_grad(), eval_mode(self.model):
+            stepped = {k: params[k] - self.virtual_lr * grads[k] for k in params}
+            before = clean_loss(params)
+            after = vmap(clean_loss)(stepped)
+        return before - after
+
     def describe(self) -> dict[str, Any]:
-        return {"name": "PatchMix (mixbench reconstruction)", **super().describe()}
+        auto = getattr(self, "_auto", None)
+        resolved = {"grid_used": auto[1]} if not self.grid and auto is not None else {}
+        return {"name": "PatchMix (mixbench reconstruction)", **super().describe(), **resolved}
 
 
 __all__ = ["SAMPLERS", "cell_rows", "cell_areas", "pattern_mask", "pattern_lambda", "sample_patterns", "compose",
