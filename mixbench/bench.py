@@ -94,7 +94,6 @@ def _method_step_cost(name: str, device_name_: str, batch: int, backbone: str, w
     model = build_model(backbone, num_classes, width=width, image_size=image_size).to(device)
     ctx = MethodContext(model=model, loss=LOSSES.get("ce")(), num_classes=num_classes, device=device,
                         rng=MixRNG(0, device), epochs=1, steps_per_epoch=1000,
-                        train={"lr": 0.1, "min_lr": 0.0},
                         model_spec={"name": backbone, "width": width, "image_size": image_size})
     params = {k: p.default for k, p in METHODS.entry(name).meta.get("params", {}).items()}
     if name == "samixp":

@@ -27,8 +27,7 @@ def make_method(name: str, **params):
     model = build_model("resnet10_cifar", 4, width=0.125)
     ctx = MethodContext(model=model, loss=LOSSES.get("ce")(), num_classes=4, device=torch.device("cpu"),
                         rng=MixRNG(0, torch.device("cpu")), epochs=2, steps_per_epoch=10,
-                        train={"lr": 0.1, "min_lr": 0.0}, model_spec={"name": "resnet10_cifar", "width": 0.125,
-                                                                      "image_size": 16})
+                        model_spec={"name": "resnet10_cifar", "width": 0.125, "image_size": 16})
     values = {k: p.default for k, p in METHODS.entry(name).meta["params"].items()} | params
     return build_method(name, values, ctx)
 

@@ -173,7 +173,7 @@ def fit(
                   "mean": list(info.mean), "std": list(info.std)}
     ctx = MethodContext(model=run_model, loss=loss_fn, num_classes=info.num_classes, device=device,
                         rng=mix_rng, epochs=tcfg["epochs"], steps_per_epoch=steps_per_epoch,
-                        train=dict(tcfg), model_spec=model_spec)
+                        model_spec=model_spec)
     method = build_method(method_name, mparams, ctx)
     optimizer = build_optimizer(method.trainable(), tcfg)
     schedule = LRSchedule(tcfg, steps_per_epoch)
@@ -206,7 +206,7 @@ def fit(
         run.write_meta(meta)
 
     probe_x, probe_y = _probe_batch(test_loader, tcfg["batch_size"] // dist.world_size)
-    mixes = method.mix_preview(probe_x[:2], probe_y[:2], MixRNG(recipe.seed + 7919, device)) is not None
+    mixes = method.mixes
     mixer_ms = None
     if mixes:
         probe_rng = MixRNG(recipe.seed + 7919, device)  # never the training stream

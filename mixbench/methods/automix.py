@@ -58,36 +58,32 @@ def momentum_at(step: int, total: int, start: float, end: float, warm: float) ->
     return end - (end - start) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
 
-def _p(kind: str, default: Any, doc: str, **kw: Any) -> Param:
-    return Param(kind, default, doc, **kw)
-
-
 AUTOMIX_PARAMS: dict[str, Param] = {
-    "alpha": _p("float", 2.0, "Beta(alpha, alpha) concentration of both λ draws", low=0, low_open=True),
-    "feature_stage": _p("int", 3, "residual stage whose output feeds the Mixer (3 = openmixup mask_layer 2)",
+    "alpha": Param("float", 2.0, "Beta(alpha, alpha) concentration of both λ draws", low=0, low_open=True),
+    "feature_stage": Param("int", 3, "residual stage whose output feeds the Mixer (3 = openmixup mask_layer 2)",
                         low=1),
-    "lam_margin": _p("float", 0.08, "λ_bb this close to 0 or 1 falls back to plain Mixup", low=0, high=0.5,
+    "lam_margin": Param("float", 0.08, "λ_bb this close to 0 or 1 falls back to plain Mixup", low=0, high=0.5,
                      high_open=True),
-    "mask_loss_weight": _p("float", 0.1, "weight of the mask loss", low=0),
-    "mask_loss_schedule": _p("str", "constant", "mask loss weight over training", choices=("constant", "cosine")),
-    "mask_margin": _p("float", 0.1, "ε of max(|λ − mean(S₀)| − ε, 0)", low=0, high=1),
-    "mask_var_weight": _p("float", 0.0, "weight of the −Var(S) term of the mask loss (SAMix: 2)", low=0),
-    "mask_adjust": _p("float", 0.0, "chance that the backbone mask is rescaled to mean λ_bb", low=0, high=1),
-    "lam_encoding": _p("str", "none", "how λ enters the Mixer", choices=LAM_ENCODINGS),
-    "lam_mul_k": _p("float", -1.0, "lam_encoding 'mul': λ′ rescaling k (< 0: λ′ = λ)"),
-    "value_net": _p("str", "linear", "Mixer value branch", choices=VALUE_NETS),
-    "qk": _p("str", "shared", "query/key: one shared conv per image, or two convs on [z_i; z_j]",
+    "mask_loss_weight": Param("float", 0.1, "weight of the mask loss", low=0),
+    "mask_loss_schedule": Param("str", "constant", "mask loss weight over training", choices=("constant", "cosine")),
+    "mask_margin": Param("float", 0.1, "ε of max(|λ − mean(S₀)| − ε, 0)", low=0, high=1),
+    "mask_var_weight": Param("float", 0.0, "weight of the −Var(S) term of the mask loss (SAMix: 2)", low=0),
+    "mask_adjust": Param("float", 0.0, "chance that the backbone mask is rescaled to mean λ_bb", low=0, high=1),
+    "lam_encoding": Param("str", "none", "how λ enters the Mixer", choices=LAM_ENCODINGS),
+    "lam_mul_k": Param("float", -1.0, "lam_encoding 'mul': λ′ rescaling k (< 0: λ′ = λ)"),
+    "value_net": Param("str", "linear", "Mixer value branch", choices=VALUE_NETS),
+    "qk": Param("str", "shared", "query/key: one shared conv per image, or two convs on [z_i; z_j]",
              choices=QK_MODES),
-    "upsample": _p("str", "nearest", "mask upsampling before the sigmoid", choices=("nearest", "bilinear")),
-    "mixer_loss": _p("str", "eta_balanced", "Mixer's classification loss: L_local + η·L_global, or the "
+    "upsample": Param("str", "nearest", "mask upsampling before the sigmoid", choices=("nearest", "bilinear")),
+    "mixer_loss": Param("str", "eta_balanced", "Mixer's classification loss: L_local + η·L_global, or the "
                      "reference's soft CE with class weight η on other classes (η has no effect)",
                      choices=("eta_balanced", "neg_weight_ce")),
-    "eta": _p("float", 1.0, "η of the Mixer's loss (1 = mixup CE)", low=0),
-    "momentum": _p("float", 0.999, "EMA momentum of f_k at the start", low=0, high=1),
-    "momentum_end": _p("float", 0.999999, "EMA momentum at the end (cosine)", low=0, high=1),
-    "momentum_warmup": _p("float", 0.1, "fraction of training with constant momentum", low=0, high=1),
-    "mixer_lr": _p("float", None, "Mixer's peak lr (default [train].lr)", low=0, low_open=True, optional=True),
-    "mixer_min_lr": _p("float", None, "Mixer's final lr (default [train].min_lr)", low=0, optional=True),
+    "eta": Param("float", 1.0, "η of the Mixer's loss (1 = mixup CE)", low=0),
+    "momentum": Param("float", 0.999, "EMA momentum of f_k at the start", low=0, high=1),
+    "momentum_end": Param("float", 0.999999, "EMA momentum at the end (cosine)", low=0, high=1),
+    "momentum_warmup": Param("float", 0.1, "fraction of training with constant momentum", low=0, high=1),
+    "mixer_lr": Param("float", None, "Mixer's peak lr (default [train].lr)", low=0, low_open=True, optional=True),
+    "mixer_min_lr": Param("float", None, "Mixer's final lr (default [train].min_lr)", low=0, optional=True),
 }
 
 
@@ -202,6 +198,8 @@ class AutoMix(Method):
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"momentum": self.momentum_encoder}
+
+    mixes = True  # the backbone-side learned mix
 
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
         n = x.shape[0]

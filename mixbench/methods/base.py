@@ -34,7 +34,6 @@ class MethodContext:
     rng: MixRNG
     epochs: int
     steps_per_epoch: int
-    train: dict[str, Any] = field(default_factory=dict)  # the resolved [train] table
     model_spec: dict[str, Any] = field(default_factory=dict)  # how to rebuild the backbone (name, width, ...)
 
     @property
@@ -87,6 +86,11 @@ class Method:
     def eval_models(self) -> dict[str, nn.Module]:
         """Extra models to evaluate each time the model is, reported as ``<name>_top1``/``_top5``."""
         return {}
+
+    @property
+    def mixes(self) -> bool:
+        """Whether this method trains on mixed batches (then ``mix_preview`` returns them)."""
+        return False
 
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
         """The mixed batch this method trains on, without gradients (cost probe, saved grids);

@@ -45,6 +45,10 @@ class Supervised(Method):
             loss = loss + self.ctx.loss(self.model(x), y)
         return {"loss": loss}
 
+    @property
+    def mixes(self) -> bool:
+        return self.mixer is not None
+
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
         if self.mixer is None:
             return None

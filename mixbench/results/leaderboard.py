@@ -108,10 +108,11 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[
     for (dataset, backbone, epochs, labels), g in runs.groupby(["dataset", "backbone", "epochs", "labels"],
                                                               sort=True):
         group = Group(dataset, backbone, int(epochs), labels=None if labels < 0 else int(labels))
-        group.rows = [_method_row(r["label"].iloc[0], r) for _, r in g.groupby("row_key", sort=True)]
+        configs = [r for _, r in g.groupby("row_key", sort=True)]
+        group.rows = [_method_row(r["label"].iloc[0], r) for r in configs]
         labels = [r["method"] for r in group.rows]
-        for row, (_, r) in zip(group.rows, g.groupby("row_key", sort=True), strict=True):
-            if labels.count(row["method"]) > 1:
+        for row, r in zip(group.rows, configs, strict=True):
+            if labels.count(row["method"]) > 1:  # same label, other settings: name the recipe
                 row["method"] += f" [{r['name'].iloc[0] or r['row_key'].iloc[0].split('|')[-1]}]"
         base = next((r["top1"] for r in group.rows if r["method"] == "vanilla"), None)
         for r in group.rows:
