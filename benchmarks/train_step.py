@@ -20,7 +20,7 @@ import torch
 
 from mixbench.data import DataConfig, build_loaders
 from mixbench.engine.optim import LRSchedule, build_optimizer
-from mixbench.engine.trainer import _autocast
+from mixbench.evaluate import EvalContext
 from mixbench.losses import MixedCE
 from mixbench.methods import MethodContext, build_method
 from mixbench.mixing import MixRNG
@@ -43,18 +43,21 @@ def bench_one(args, device: torch.device, compiled: bool, precision: str) -> dic
     model = build_model(args.backbone, 100, width=args.width).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run_model = torch.compile(model) if compiled else model
-    ctx = MethodContext(model=run_model, loss=MixedCE(), num_classes=100, device=device,
+    if compiled:
+        model.compile()  # in place, as the engine does
+    ctx = MethodContext(model=model, loss=MixedCE(), num_classes=100, device=device,
                         rng=MixRNG(0, device), epochs=1, steps_per_epoch=len(train))
     method = build_method(args.method, {}, ctx)
     cfg = {k: p.default for k, p in TRAIN_SCHEMA.items()} | {"epochs": 1}
-    opt = build_optimizer([model], cfg)
+    opt = build_optimizer(method.param_groups(), cfg)
     sched = LRSchedule(cfg, len(train))
+    autocast = EvalContext(device, precision).autocast
 
     def train_step(x, y, step):
         sched.apply(opt, step)
-        with _autocast(device, precision):
-            loss = method.step(x, y)["loss"]
+        method.global_step = step
+        with autocast():
+            loss = method((x, y))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -82,8 +85,8 @@ def bench_one(args, device: torch.device, compiled: bool, precision: str) -> dic
     x, y = next(it)
     core_method = build_method("vanilla", {}, ctx)
     def core_step():
-        with _autocast(device, precision):
-            loss = core_method.step(x, y)["loss"]
+        with autocast():
+            loss = core_method((x, y))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

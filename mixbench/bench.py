@@ -6,7 +6,7 @@ Overhead = mixer time / training-step time. Targets (issue 3): every static mixe
 ResNet-18 CIFAR step at batch 256, puzzlemix ≤ 50 %.
 
 ``bench methods``: a whole training step of each method as the engine runs it (``method.step``,
-backward, optimiser step, ``after_step``) relative to vanilla on the same backbone and batch, and
+backward, optimiser step, ``on_step_end``) relative to vanilla on the same backbone and batch, and
 its peak memory: CUDA's peak allocation on a GPU; on a CPU each method runs in a fresh process
 and the number is that process's peak resident memory. Targets (issue 4, on GPU): AutoMix and
 SAMix ≤ 1.8× vanilla, SAMix^P ≤ 1.2×.
@@ -95,26 +95,26 @@ def _method_step_cost(name: str, device_name_: str, batch: int, backbone: str, w
     ctx = MethodContext(model=model, loss=LOSSES.get("ce")(), num_classes=num_classes, device=device,
                         rng=MixRNG(0, device), epochs=1, steps_per_epoch=1000,
                         model_spec={"name": backbone, "width": width, "image_size": image_size})
-    params = {k: p.default for k, p in METHODS.entry(name).meta.get("params", {}).items()}
+    params = {k: p.default for k, p in METHODS.entry(name).params.items()}
     if name == "samixp":
         params["mixer_checkpoint"] = mixer_file
     method = build_method(name, params, ctx)
-    opt = torch.optim.SGD([p for m in method.trainable() for p in m.parameters() if p.requires_grad],
-                          lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
     state = {"step": 0}
 
     def train_step() -> None:
-        loss = method.step(x, y)["loss"]
+        method.global_step = state["step"]
+        loss = method((x, y))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         state["step"] += 1
-        method.after_step(state["step"])
+        method.on_step_end(state["step"])
 
-    model.train()
+    method.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     ms = time_ms(train_step, device, repeats=repeats)

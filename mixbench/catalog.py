@@ -55,7 +55,7 @@ def listing(what: str) -> list[tuple[str, str]]:
         raise UserError(f"cannot list '{what}'; valid: methods, models, datasets, losses, recipes")
     rows = [(e.name, e.doc) for e in reg]
     if what == "methods":
-        rows = [(e.name, e.doc + (f" [vs reference: {e.meta['differs']}]" if e.meta.get("differs") else ""))
+        rows = [(e.name, e.doc + (f" [vs reference: {e.differs}]" if e.differs else ""))
                 for e in reg]
     if what == "models":
         rows.append(("timm:<name>", "any timm model, built without downloading weights"))

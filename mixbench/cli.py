@@ -6,6 +6,7 @@ arguments), 3 training diverged, 130 interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -27,8 +28,14 @@ app = typer.Typer(
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def _is_main_rank() -> bool:
+    """False in torchrun's workers other than rank 0, which stay quiet."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    if _is_main_rank():
+        print(text, file=sys.stderr, flush=True)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -88,12 +95,15 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue this run from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print the recipe; train nothing.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine (starts torchrun; "
+                                       "[train].batch_size is the global batch).")] = 1,
 ) -> None:
     """Train one recipe and write its run record."""
 
     def go() -> None:
         from mixbench.engine import fit, resolve_device
         from mixbench.recipe import load_recipe
+        from mixbench.results.records import RunDir
 
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other; pick one")
@@ -107,8 +117,17 @@ def run(
             print(f"# would write to {run_dir}")
             return
         dev = resolve_device(device.value)
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun, which runs this command per process
+            from mixbench.engine.distributed import DistInfo
+            from mixbench.engine.launch import launch
+
+            DistInfo(world_size=nproc).per_device_batch(r.train["batch_size"])
+            RunDir.check(out, r.name, r.run_id(), resume=resume, overwrite=overwrite)
+            raise typer.Exit(launch(nproc, sys.argv[1:], run_dir))
         result = fit(r, out_root=out, device=dev, resume=resume, overwrite=overwrite,
                      command_line=sys.argv)
+        if not _is_main_rank():
+            return
         s = result.summary
         top1 = s.get("top1_last")
         print(f"{result.status}: {r.name} -> {result.run_dir}  top-1 last {top1:.2f}%  "
@@ -303,12 +322,13 @@ def bench_methods_cmd(
         import json
 
         from mixbench.bench import bench_methods, format_methods_table
+        from mixbench.data.batches import LabelledBatch
         from mixbench.engine import resolve_device
         from mixbench.methods import METHODS
 
         dev = resolve_device(device.value)
         for name in only or []:
-            if name not in METHODS or METHODS.get(name).scenario != "supervised" or name == "switch":
+            if name not in METHODS or METHODS.get(name).batch != LabelledBatch() or name == "switch":
                 raise UserError(f"--only {name}: not a supervised method; valid: {', '.join(METHODS.names())}")
         result = bench_methods(dev, batch=batch, backbone=backbone, width=width, names=only or None,
                                repeats=repeats, progress=lambda m: print(f"  timing {m} ...", file=sys.stderr))

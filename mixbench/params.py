@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mixbench.errors import did_you_mean
@@ -139,3 +140,17 @@ def check_table(
         else:
             values[key] = param.default
     return values, problems
+
+
+def resolve_paths(values: dict[str, Any], schema: dict[str, Param], origin: dict[str, str]) -> None:
+    """Make path values absolute, relative to the file that named them (cwd for --set)."""
+    for key, param in schema.items():
+        v = values.get(key)
+        if param.kind != "path" or v is None:
+            continue
+        p = Path(v).expanduser()
+        if not p.is_absolute():
+            src = origin.get(key)
+            base = Path(src).parent if src and src != "--set" else Path.cwd()
+            p = base / p
+        values[key] = str(p.resolve())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mixbench.errors import RecipeError, did_you_mean
-from mixbench.params import Param, check_table
+from mixbench.params import Param, check_table, resolve_paths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,6 +81,7 @@ TRAIN_SCHEMA: dict[str, Param] = {
     "ema_decay": Param("float", 0.999, "EMA decay per step", low=0, high=1, high_open=True),
     "grad_clip": Param("float", 0.0, "max gradient norm; 0 turns clipping off", low=0),
     "deterministic": Param("bool", False, "deterministic algorithms (slower)"),
+    "sync_bn": Param("bool", False, "torchrun: BatchNorm statistics over the global batch, not each process's"),
     "log_every": Param("int", 50, "steps between log lines (one host sync each)", low=1),
     "checkpoint_every": Param("int", 1, "epochs between checkpoints", low=1),
     "stop_after": Param("int", None, "stop (resumable) after this many epochs", low=1, optional=True),
@@ -95,6 +96,9 @@ EVAL_SCHEMA: dict[str, Param] = {
 
 # Keys that never change what a run computes: left out of the run id hash.
 _NOT_HASHED = {("train", "stop_after"), ("train", "log_every"), ("eval", "batch_size"), ("eval", "save_mixes")}
+# Keys added after run ids were first issued: hashed only when set away from their default, so that
+# the run id of every earlier recipe stays what it was.
+_HASHED_IF_SET = {("train", "sync_bn"): False}
 
 
 @dataclass
@@ -126,6 +130,9 @@ class Recipe:
         d.pop("seed")
         for table, key in _NOT_HASHED:
             d[table].pop(key, None)
+        for (table, key), default in _HASHED_IF_SET.items():
+            if d[table].get(key) == default:
+                d[table].pop(key, None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:6]
 
@@ -269,20 +276,6 @@ def _table_origin(origin: dict[str, str], table: str) -> dict[str, str]:
     return {k[len(prefix):]: v for k, v in origin.items() if k.startswith(prefix)}
 
 
-def resolve_paths(values: dict[str, Any], schema: dict[str, Param], origin: dict[str, str]) -> None:
-    """Make path values absolute, relative to the file that named them (cwd for --set)."""
-    for key, param in schema.items():
-        v = values.get(key)
-        if param.kind != "path" or v is None:
-            continue
-        p = Path(v).expanduser()
-        if not p.is_absolute():
-            src = origin.get(key)
-            base = Path(src).parent if src and src != "--set" else Path.cwd()
-            p = base / p
-        values[key] = str(p.resolve())
-
-
 def _registry_table(
     table: dict[str, Any], registry: Any, kind: str, where: str, origin: dict[str, str]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -297,10 +290,10 @@ def _registry_table(
             f"{src}: {where}.name: unknown {kind} '{name}'{did_you_mean(name, registry.names())}; "
             f"valid: {valid}"
         ]
-    params: dict[str, Param] = registry.entry(name).meta.get("params", {})
+    params: dict[str, Param] = registry.entry(name).params
     rest = {k: v for k, v in table.items() if k != "name"}
     values, problems = check_table(rest, params, where, origin)
-    check = registry.entry(name).meta.get("check")
+    check = registry.entry(name).check
     if check is not None and not problems:
         problems = check(values, where, origin)
     resolve_paths(values, params, origin)
@@ -346,18 +339,18 @@ def validate(merged: dict[str, Any], origin: dict[str, str], *, default_name: st
         problems += probs
 
     problems += _cross_checks(tables, origin, DATASETS)
-    problems += _scenario_checks(tables, origin, METHODS)
+    problems += _batch_checks(tables, origin, METHODS)
     if problems:
         raise RecipeError(problems)
     return Recipe(name=name, seed=seed, **tables)
 
 
-def _scenario_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], methods: Any) -> list[str]:
-    """Semi-supervised methods need a labelled subset; the others must not be given one."""
+def _batch_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], methods: Any) -> list[str]:
+    """A method whose batch splits labelled from unlabelled images needs a labelled subset; others refuse one."""
     name = t["method"].get("name")
     if name not in methods:
         return []
-    semisup = methods.get(name).scenario == "semisup"
+    semisup = methods.get(name).batch.needs_label_split
     data = t["data"]
     labelled = data.get("labels_per_class") is not None or data.get("num_labels") is not None
     src = origin.get("method.name", "recipe")
@@ -366,8 +359,9 @@ def _scenario_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], metho
                 "or [data].num_labels (how many training images keep their labels)"]
     if labelled and not semisup:
         key = "labels_per_class" if data.get("labels_per_class") is not None else "num_labels"
+        semi = ", ".join(e.name for e in methods if e.factory.batch.needs_label_split)
         return [f"{origin.get('data.' + key, 'recipe')}: [data].{key} applies only to semi-supervised methods "
-                f"(fixmatch, dmixmatch); '{name}' trains on every label"]
+                f"({semi}); '{name}' trains on every label"]
     return []
 
 

@@ -56,3 +56,20 @@ def tiny_recipe(tmp_path: Path, cache_dir: Path):
         return path
 
     return make
+
+
+@pytest.fixture
+def register_method():
+    """Register test methods (``Method`` subclasses) under a name for one test; removed afterwards."""
+    from mixbench.methods import METHODS
+
+    names: list[str] = []
+
+    def register(name: str, cls):
+        METHODS.register(name)(cls)
+        names.append(name)
+        return cls
+
+    yield register
+    for name in names:
+        METHODS.remove(name)

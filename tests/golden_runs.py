@@ -74,14 +74,27 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# where each version-1 module lives in the version-2 checkpoint's method state
+V2_PREFIX = {"model": "model.", "head_one": "head_one.", "mix_block": "mix_block.",
+             "momentum_encoder": "momentum_teacher.module.", "teacher": "teacher_ema.module.",
+             "head_mix": "head_mix.", "origin_head": "origin_head."}
+
+
 def trained_modules(run_dir: Path) -> dict[str, str]:
-    """Hashes of the trained model and of each extra module, by their version-1 names."""
+    """Hashes of the trained model and of each extra module, by their version-1 names.
+
+    The golden file was recorded from version-1 checkpoints (``model``, ``extra[name]``, ``ema``);
+    version 2 keeps the whole method's state under ``method``, so each module is found by its prefix.
+    """
     ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    out = {"model": state_hash(ckpt["model"])}
-    for name, state in (ckpt.get("extra") or {}).items():
-        out[name] = state_hash(state)
+    state = ckpt["method"]
+    out = {}
+    for name, prefix in V2_PREFIX.items():
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if name == "model" or sub:
+            out[name] = state_hash(sub)
     if ckpt.get("ema") is not None:
-        out["ema"] = state_hash(ckpt["ema"])
+        out["ema"] = state_hash({k.removeprefix("module."): v for k, v in ckpt["ema"].items()})
     return out
 
 

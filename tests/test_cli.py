@@ -170,20 +170,23 @@ def test_cli_seed_changes_run_folder(cli, tiny_recipe, tmp_path):
     assert meta["seed"] == 1
 
 
-def test_divergence_exit_3_and_interrupt_exit_130(cli, tiny_recipe, tmp_path, monkeypatch):
+def test_divergence_exit_3_and_interrupt_exit_130(cli, tiny_recipe, tmp_path, register_method):
     from mixbench.engine import Interrupted
     from mixbench.methods.supervised import Supervised
 
-    original = Supervised.step
-    monkeypatch.setattr(Supervised, "step", lambda self, x, y: {"loss": original(self, x, y)["loss"] * float("nan")})
-    r = cli("run", tiny_recipe(epochs=1), "--out", tmp_path / "a", "--device", "cpu")
+    class NaNLoss(Supervised):
+        def forward(self, batch):
+            return {"loss": super().forward(batch)["loss"] * float("nan")}
+
+    class Stop(Supervised):
+        def forward(self, batch):
+            raise Interrupted
+
+    register_method("nan_loss", NaNLoss)
+    register_method("stop", Stop)
+    r = cli("run", tiny_recipe(epochs=1, method="nan_loss"), "--out", tmp_path / "a", "--device", "cpu")
     assert r.exit_code == 3 and "diverged" in r.output
-
-    def stop(self, x, y):
-        raise Interrupted
-
-    monkeypatch.setattr(Supervised, "step", stop)
-    r = cli("run", tiny_recipe(epochs=1), "--out", tmp_path / "b", "--device", "cpu")
+    r = cli("run", tiny_recipe(epochs=1, method="stop"), "--out", tmp_path / "b", "--device", "cpu")
     assert r.exit_code == 130 and "--resume" in r.output
     (meta,) = (tmp_path / "b").rglob("meta.json")
     assert json.loads(meta.read_text())["status"] == "interrupted"

@@ -59,7 +59,9 @@ def test_loss_falls_and_record_is_complete(tiny_recipe, tmp_path):
     assert meta["status"] == "completed" and meta["seed"] == 0 and meta["end_time"]
     assert "torch" in json.dumps(meta)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert ckpt["epoch"] == 4 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "ema"}
+    assert ckpt["epoch"] == 4 and set(ckpt) >= {"method", "optimizer", "step", "rng", "ema", "scaler"}
+    assert ckpt["kind"] == "mixbench-checkpoint" and ckpt["version"] == 2
+    assert ckpt["model_spec"]["name"] == "resnet18_cifar" and ckpt["model_spec"]["num_classes"] == 10
     assert load_recipe(run / "recipe.toml").as_dict() == recipe.as_dict()
 
 
@@ -79,25 +81,35 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_recipe, tmp_path):
     for ma, mb in zip(a, b, strict=True):
         for key in ("train_loss", "lr", "top1", "top5", "ema_top1"):
             assert ma[key] == mb[key], (key, ma, mb)
-    wa = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)["model"]
-    wb = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["model"]
+    wa = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)["method"]
+    wb = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["method"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_divergence_keeps_last_good_checkpoint(tiny_recipe, tmp_path, monkeypatch):
-    path = tiny_recipe(epochs=3)
-    original = Supervised.step
-    calls = {"n": 0}
+class NanAfterFourSteps(Supervised):
+    """Vanilla training whose loss turns NaN after 4 steps (4 steps per epoch: epoch 2 goes bad)."""
 
-    def step(self, x, y):
-        calls["n"] += 1
-        out = original(self, x, y)
-        if calls["n"] > 4:  # 4 steps per epoch: epoch 2 goes bad
+    def forward(self, batch):
+        out = super().forward(batch)
+        if self.global_step >= 4:
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(Supervised, "step", step)
-    recipe = load_recipe(path)
+
+class SigtermInEpochTwo(Supervised):
+    """Vanilla training that sends itself SIGTERM at its 6th step (during epoch 2) while ``armed``."""
+
+    armed = True
+
+    def forward(self, batch):
+        if self.armed and self.global_step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(batch)
+
+
+def test_divergence_keeps_last_good_checkpoint(tiny_recipe, tmp_path, register_method):
+    register_method("nan_after_4", NanAfterFourSteps)
+    recipe = load_recipe(tiny_recipe(epochs=3, method="nan_after_4"))
     with pytest.raises(DivergedError):
         fit(recipe, out_root=tmp_path, device=CPU)
     run = tmp_path / "tiny" / recipe.run_id()
@@ -105,28 +117,19 @@ def test_divergence_keeps_last_good_checkpoint(tiny_recipe, tmp_path, monkeypatc
     assert json.loads((run / "meta.json").read_text())["status"] == "diverged"
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
 
 
-def test_sigterm_checkpoints_and_marks_interrupted(tiny_recipe, tmp_path, monkeypatch):
-    path = tiny_recipe(epochs=3)
-    original = Supervised.step
-    calls = {"n": 0}
-
-    def step(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == 6:  # during epoch 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, x, y)
-
-    monkeypatch.setattr(Supervised, "step", step)
+def test_sigterm_checkpoints_and_marks_interrupted(tiny_recipe, tmp_path, register_method):
+    register_method("sigterm_in_epoch_2", SigtermInEpochTwo)
+    path = tiny_recipe(epochs=3, method="sigterm_in_epoch_2")
     recipe = load_recipe(path)
     with pytest.raises(Interrupted):
         fit(recipe, out_root=tmp_path, device=CPU)
     run = tmp_path / "tiny" / recipe.run_id()
     assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(Supervised, "step", original)
+    SigtermInEpochTwo.armed = False  # the same run, resumed without the signal
     resumed = fit(recipe, out_root=tmp_path, device=CPU, resume=True)
     assert resumed.status == "completed"
     assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]

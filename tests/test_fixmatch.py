@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixbench.data.semisup import SemiBatch
 from mixbench.engine import fit
 from mixbench.errors import RecipeError
 from mixbench.losses import LOSSES
@@ -25,7 +26,7 @@ def make(name: str, loss: str = "ce", **params):
     model = build_model("resnet10_cifar", 4, width=0.125)
     ctx = MethodContext(model=model, loss=LOSSES.get(loss)(), num_classes=4, device=torch.device("cpu"),
                         rng=MixRNG(0, torch.device("cpu")), epochs=1, steps_per_epoch=10)
-    values = {k: p.default for k, p in METHODS.entry(name).meta["params"].items()} | params
+    values = {k: p.default for k, p in METHODS.entry(name).params.items()} | params
     return build_method(name, values, ctx)
 
 
@@ -46,16 +47,16 @@ def test_pseudo_labels_threshold_by_hand():
 
 def test_unlabelled_loss_follows_the_threshold():
     batch = semi_batch()
-    none = make("fixmatch", threshold=1.0 + 1e-6).step(*batch)
+    none = make("fixmatch", threshold=1.0 + 1e-6)(SemiBatch(*batch))
     assert none["loss_unsup"].item() == 0.0 and none["mask_rate"].item() == 0.0
-    every = make("fixmatch", threshold=0.0).step(*batch)
+    every = make("fixmatch", threshold=0.0)(SemiBatch(*batch))
     assert every["mask_rate"].item() == 1.0 and every["loss_unsup"].item() > 0
     m = make("fixmatch", threshold=0.0)
     with torch.no_grad():
         m.teacher.eval()
         conf = torch.softmax(m.teacher(batch[2]), 1).max(1).values
     tau = conf.median().item()
-    half = make("fixmatch", threshold=tau).step(*batch)
+    half = make("fixmatch", threshold=tau)(SemiBatch(*batch))
     assert half["mask_rate"].item() == pytest.approx((conf >= tau).float().mean().item())
     # the supervised term is CE on the labelled images alone
     assert every["loss"].item() == pytest.approx(every["loss_sup"].item() + every["loss_unsup"].item(), rel=1e-6)
@@ -63,12 +64,12 @@ def test_unlabelled_loss_follows_the_threshold():
 
 def test_pseudo_labels_come_from_the_teacher_and_it_is_the_evaluated_model():
     m = make("fixmatch", threshold=0.0)
-    assert m.eval_model() is m.teacher and m.eval_models() == {"student": m.model}
+    assert m.classifiers() == {"": m.teacher, "student": m.model}
     with torch.no_grad():
         for p in m.teacher.parameters():
             p.zero_()  # a teacher with all-zero weights predicts class 0 with p = 1/K everywhere
     x_l, y_l, u_w, u_s, u_y = semi_batch()
-    out = m.step(x_l, y_l, u_w, u_s, torch.zeros_like(u_y))
+    out = m(SemiBatch(x_l, y_l, u_w, u_s, torch.zeros_like(u_y)))
     assert out["pseudo_acc"].item() == 1.0  # every pseudo-label is class 0
 
 
@@ -81,7 +82,7 @@ def test_teacher_ema_and_buffers():
         for b in m.model.buffers():
             if b.dtype.is_floating_point:
                 b.add_(1.0)
-    m.after_step(1)
+    m.on_step_end(1)
     for t, p0 in zip(m.teacher.parameters(), t0, strict=True):
         torch.testing.assert_close(t, p0 + 1.0)  # 0.75·θ + 0.25·(θ + 4)
     for bt, bs in zip(m.teacher.buffers(), m.model.buffers(), strict=True):
@@ -92,11 +93,11 @@ def test_dmixmatch_lambda_bias_ramp_and_detach():
     m = make("dmixmatch", loss="dm")
     lams = [m._lam() for _ in range(200)]
     assert min(lams) >= 0.5
-    m.begin(0)
+    m.global_step = 0
     assert m.lu_weight() == 0.0
-    m.begin(5)
+    m.global_step = 5
     assert m.lu_weight() == pytest.approx(0.5)
-    m.begin(10)
+    m.global_step = 10
     assert m.lu_weight() == pytest.approx(1.0)
     x_l, y_l, *_ = semi_batch()
     lam = torch.full((4,), 0.7)
@@ -123,7 +124,7 @@ def test_dmixmatch_low_confidence_pairs_carry_no_weight():
 
 def test_dmixmatch_step_trains_both_heads_but_the_ce_head_never_sees_mixes():
     m = make("dmixmatch", loss="dm", threshold=0.0, mix_threshold=0.0, mix_lu_ramp="constant")
-    out = m.step(*semi_batch())
+    out = m(SemiBatch(*semi_batch()))
     assert out["loss_ll"].item() > 0 and out["loss_lu"].item() > 0
     assert torch.autograd.grad(out["loss"], m.head_mix.weight)[0].abs().sum() > 0
 
@@ -143,7 +144,7 @@ def test_tiny_semisupervised_run(method, loss, tiny_recipe, tmp_path):
     terms = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])["terms"]
     assert 0 <= terms["mask_rate"] <= 1 and "loss_unsup" in terms
     ckpt = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
-    assert "teacher" in ckpt["extra"]
+    assert any(k.startswith("teacher_ema.module.") for k in ckpt["method"])
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["train_loss"] > 0
 
@@ -158,6 +159,6 @@ def test_semisupervised_recipes_need_labels_and_supervised_ones_refuse_them(tiny
 def test_fixmatch_supervised_part_equals_ce_on_labelled():
     m = make("fixmatch", threshold=1.5)
     x_l, y_l, u_w, u_s, u_y = semi_batch()
-    out = m.step(x_l, y_l, u_w, u_s, u_y)
+    out = m(SemiBatch(x_l, y_l, u_w, u_s, u_y))
     logits = m.model(torch.cat([x_l, u_s]))
     torch.testing.assert_close(out["loss_sup"], F.cross_entropy(logits[:4], y_l))

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from mixbench.cli import app
 from mixbench.engine import fit
+from mixbench.engine.momentum import momentum_at
 from mixbench.engine.optim import LRSchedule, build_optimizer
 from mixbench.losses import LOSSES
 from mixbench.methods import METHODS, MethodContext, build_method
-from mixbench.methods.automix import momentum_at, neg_weight_soft_ce
+from mixbench.methods.automix import neg_weight_soft_ce
 from mixbench.mixing.base import MixRNG
 from mixbench.mixing.learned import MixBlock, adjust_mask_mean, mask_loss, rescale_lambda, stage_features
 from mixbench.models import build_model
@@ -28,7 +29,7 @@ def make_method(name: str, **params):
     ctx = MethodContext(model=model, loss=LOSSES.get("ce")(), num_classes=4, device=torch.device("cpu"),
                         rng=MixRNG(0, torch.device("cpu")), epochs=2, steps_per_epoch=10,
                         model_spec={"name": "resnet10_cifar", "width": 0.125, "image_size": 16})
-    values = {k: p.default for k, p in METHODS.entry(name).meta["params"].items()} | params
+    values = {k: p.default for k, p in METHODS.entry(name).params.items()} | params
     return build_method(name, values, ctx)
 
 
@@ -52,14 +53,14 @@ def grads(loss, modules):
 def test_each_pass_reaches_exactly_its_modules(name):
     m = make_method(name, lam_margin=0.0)
     x, y = batch()
-    out = m.step(x, y)
+    out = m((x, y))
     # Mixer pass: only the Mixer learns; its gradient passes through the frozen momentum encoder.
     assert grads(out["loss_mixer"], [m.mix_block, m.model, m.head_one]) == [True, False, False]
     # Encoder pass: backbone and both online heads; the Mixer's mask is detached.
     assert grads(out["loss_encoder"], [m.mix_block, m.model.backbone, m.model.head, m.head_one]) == [
         False, True, True, True]
     assert not any(p.requires_grad for p in m.momentum_encoder.parameters())
-    opt_params = {id(p) for g in build_optimizer(m.trainable(), {"weight_decay": 0, "no_decay_norm_bias": False,
+    opt_params = {id(p) for g in build_optimizer(m.param_groups(), {"weight_decay": 0, "no_decay_norm_bias": False,
                   "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False}).param_groups
                   for p in g["params"]}
     assert not opt_params & {id(p) for p in m.momentum_encoder.parameters()}
@@ -72,7 +73,7 @@ def test_gradient_hooks_see_the_momentum_encoder_carry_the_mixer_gradient():
     handle = m.momentum_encoder.backbone.stem.register_full_backward_hook(
         lambda mod, gin, gout: seen.append(gout[0].abs().sum().item()))
     x, y = batch()
-    m.step(x, y)["loss"].backward()
+    m((x, y))["loss"].backward()
     handle.remove()
     assert seen and seen[0] > 0  # the Mixer's gradient flows back through f_k's stem to the image
 
@@ -152,7 +153,7 @@ def test_momentum_schedule_and_update():
     with torch.no_grad():
         for p in m.model.parameters():
             p.add_(1.0)
-    m.after_step(1)
+    m.on_step_end(1)
     for k, q in zip(m.momentum_encoder.parameters(), q0, strict=True):
         torch.testing.assert_close(k, q + 0.5)  # 0.5·q + 0.5·(q + 1)
 
@@ -185,7 +186,7 @@ def test_mixer_param_group_follows_its_own_lr():
     m = make_method("samix", mixer_lr=0.05, mixer_min_lr=0.01)
     cfg = {"weight_decay": 1e-4, "no_decay_norm_bias": False, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
            "nesterov": False}
-    opt = build_optimizer(m.trainable(), cfg)
+    opt = build_optimizer(m.param_groups(), cfg)
     sched = LRSchedule({"lr": 0.1, "min_lr": 0.05, "schedule": "cosine", "epochs": 2, "warmup_epochs": 0,
                         "warmup_start": 0.0, "milestones": [], "gamma": 0.1}, 10)
     sched.apply(opt, 20)
@@ -210,7 +211,8 @@ def test_learned_mixer_trains_end_to_end_and_exports_its_mixer(name, tiny_recipe
     obj = torch.load(result.run_dir / "mixer.pt", weights_only=True)
     assert obj["kind"] == "mixbench-mixer" and obj["feature_stage"] == 3
     ckpt = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
-    assert {"head_one", "momentum_encoder", "mix_block"} <= set(ckpt["extra"])
+    modules = {k.split(".")[0] for k in ckpt["method"]}
+    assert {"model", "head_one", "momentum_teacher", "mix_block"} <= modules
 
 
 def test_samixp_loads_a_frozen_mixer_on_another_backbone_and_trains(tiny_recipe, tmp_path):
@@ -231,7 +233,9 @@ def test_samixp_loads_a_frozen_mixer_on_another_backbone_and_trains(tiny_recipe,
     # mixer.pt keeps the momentum backbone only up to the Mixer's stage, and it reads the same features
     assert saved["encoder"] and not any(k.startswith("stages.3.") for k in saved["encoder"])
     full_k = build_model("resnet18_cifar", 10, width=0.125)
-    full_k.load_state_dict(torch.load(source.run_dir / "checkpoint.pt", weights_only=True)["extra"]["momentum_encoder"])
+    state = torch.load(source.run_dir / "checkpoint.pt", weights_only=True)["method"]
+    prefix = "momentum_teacher.module."
+    full_k.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     probe = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(stage_features(method.mixer.encoder, probe, 3),
@@ -277,7 +281,8 @@ def test_resume_restores_the_methods_own_modules(method, sets, tiny_recipe, tmp_
     for ma, mb in zip(a, b, strict=True):
         for key in ("train_loss", "top1", extra):
             assert ma[key] == mb[key], (key, ma, mb)
-    ca = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)["extra"]
-    cb = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["extra"]
+    ca = torch.load(full.run_dir / "checkpoint.pt", weights_only=True)["method"]
+    cb = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)["method"]
+    assert ca.keys() == cb.keys() and len({k.split(".")[0] for k in ca}) >= 3  # model, heads, teacher, Mixer
     for name in ca:
-        assert all(torch.equal(ca[name][k], cb[name][k]) for k in ca[name]), name
+        assert torch.equal(ca[name], cb[name]), name

@@ -99,17 +99,17 @@ def make_method(**params):
     m = build_model("resnet10_cifar", 10, width=0.125)
     ctx = MethodContext(model=m, loss=LOSSES.get("ce")(), num_classes=10, device=CPU, rng=MixRNG(0, CPU),
                         epochs=1, steps_per_epoch=1)
-    values = {k: p.default for k, p in METHODS.entry("patchmix").meta["params"].items()} | params
+    values = {k: p.default for k, p in METHODS.entry("patchmix").params.items()} | params
     return build_method("patchmix", values, ctx)
 
 
 def test_method_loss_is_image_plus_weighted_patch_loss():
     x, y = batch()
     m0 = make_method(patch_weight=0.0)
-    out0 = m0.step(x, y)
+    out0 = m0((x, y))
     torch.testing.assert_close(out0["loss"], out0["loss_img"])
     m = make_method(patch_weight=0.5)
-    out = m.step(x, y)
+    out = m((x, y))
     mix = m.mixer(x, y, MixRNG(0, CPU))  # same generator state as the step's draw
     fmap = m.model.backbone.forward_map(mix.x)
     hand = patch_loss(fmap, m.model.head, patch_targets(mix.y_a, mix.y_b, mix.cells))
@@ -120,8 +120,8 @@ def test_method_loss_is_image_plus_weighted_patch_loss():
 def test_origin_head_trains_only_when_weighted():
     assert make_method().origin_head is None
     m = make_method(origin_weight=1.0)
-    out = m.step(*batch())
-    assert m.origin_head in m.trainable() and out["loss_origin"] > 0
+    out = m(batch())
+    assert any(g.module is m.origin_head for g in m.param_groups()) and out["loss_origin"] > 0
     assert torch.autograd.grad(out["loss"], m.origin_head.weight)[0].abs().sum() > 0
 
 

@@ -1,9 +1,15 @@
 """Data sources and the on-device loaders.
 
 ``load_image_data(cfg)`` gives uint8 tensors (decoded once, cached on disk);
-``build_loaders(cfg, ...)`` puts them on the training device and returns train/test loaders that
-augment and normalise with batched tensor ops; ``build_semisup_loaders(cfg, ...)`` does the same for
-semi-supervised methods (labelled stream + weak/strong unlabelled views, see ``semisup``).
+``build_loaders(cfg, ..., batch=spec)`` puts them on the training device and returns train/test
+loaders that augment and normalise with batched tensor ops. The spec (``batches``) picks the train
+loader: ``LabelledBatch`` → (x, y), ``SemiSupervisedBatch`` → ``SemiBatch`` (labelled stream +
+weak/strong unlabelled views, see ``semisup``), ``ViewsBatch`` → ``Views`` (N views per image).
+
+Sharding over W processes: ``batch_size`` is the global batch B; every rank permutes the whole
+training set with the same generator and yields rows [r·B/W, (r+1)·B/W) of each global batch
+(concatenated over ranks: the one-process batch); rank r's test loader holds test images
+[⌊r·N/W⌋, ⌊(r+1)·N/W⌋).
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from pathlib import Path
 import torch
 
 from mixbench.data import shapes
+from mixbench.data.batches import BatchSpec, LabelledBatch, SemiSupervisedBatch, ViewsBatch
 from mixbench.data.cache import cached, fingerprint
-from mixbench.data.gpu_loader import Augment, DeviceLoader
-from mixbench.data.semisup import build_semisup_loaders
+from mixbench.data.gpu_loader import Augment, DeviceLoader, Views, ViewsLoader, shard_of
+from mixbench.data.semisup import build_semisup_loaders, semisup_train_loader
 from mixbench.data.sources import read_cifar, read_imagefolder, read_tiny_imagenet
 from mixbench.data.streaming import StreamingLoader
 from mixbench.errors import UserError
@@ -150,26 +157,78 @@ def load_image_data(cfg: DataConfig) -> ImageData:
                      list(split["classes"]), mean, std)
 
 
+def _augment(cfg: DataConfig) -> Augment:
+    return Augment(cfg.augment, cfg.crop_padding, cfg.padding_mode)
+
+
+def _check_sharding(batch_size: int, rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size or batch_size < 1 or batch_size % world_size:
+        raise ValueError(f"the global batch {batch_size} must split evenly over world_size = {world_size} "
+                         f"processes, and rank {rank} must be in [0, {world_size})")
+
+
 def build_loaders(cfg: DataConfig, *, device: torch.device, batch_size: int, eval_batch_size: int,
-                  generator: torch.Generator, channels_last: bool = False, drop_last: bool = True):
-    """(train loader, test loader, DataInfo) with the data on ``device``."""
-    aug = Augment(cfg.augment, cfg.crop_padding, cfg.padding_mode)
+                  generator: torch.Generator, channels_last: bool = False, batch: BatchSpec = LabelledBatch(),
+                  rank: int = 0, world_size: int = 1, drop_last: bool = True):
+    """(train loader, test loader, DataInfo) with the data on ``device``, the train loader chosen by ``batch``.
+
+    ``batch_size`` is the global batch B (over all ``world_size`` processes, divisible by it); this
+    rank's loaders yield its share (module docstring). The train loader has ``len`` = steps per epoch
+    (equal on every rank) and ``images_per_step`` (global augmented images per step). ``drop_last``
+    applies to labelled and views loaders (semi-supervised steps always drop the remainder).
+    ``info.train_len``: training images (labelled ones for semi-supervised); ``info.test_len``: the
+    whole test set.
+    """
+    _check_sharding(batch_size, rank, world_size)
     if cfg.streaming:
-        return _streaming(cfg, aug, device, batch_size, eval_batch_size, generator, channels_last, drop_last)
+        return _streaming(cfg, batch, device, batch_size, eval_batch_size, generator, channels_last, drop_last,
+                          world_size)
     data = load_image_data(cfg)
     if data.train_x.shape[0] == 0 or data.test_x.shape[0] == 0:
         raise UserError(f"[data]: source '{cfg.source}' gave no training or test images")
-    kw = {"augment": aug, "mean": data.mean, "std": data.std, "channels_last": channels_last}
-    train = DeviceLoader(data.train_x.to(device), data.train_y.to(device), batch_size, train=True,
-                         generator=generator, drop_last=drop_last, **kw)
-    test = DeviceLoader(data.test_x.to(device), data.test_y.to(device), eval_batch_size, train=False, **kw)
-    num_classes = len(data.classes)
-    info = DataInfo(cfg.source, num_classes, data.classes, tuple(data.train_x.shape[2:]),
-                    data.train_x.shape[0], data.test_x.shape[0], data.mean, data.std)
+    train, train_len = _train_loader(cfg, data, batch, device=device, batch_size=batch_size, generator=generator,
+                                     channels_last=channels_last, rank=rank, world_size=world_size,
+                                     drop_last=drop_last)
+    test = _test_loader(cfg, data, device, eval_batch_size, channels_last, rank, world_size)
+    info = DataInfo(cfg.source, len(data.classes), data.classes, tuple(data.train_x.shape[2:]),
+                    train_len, data.test_x.shape[0], data.mean, data.std)
     return train, test, info
 
 
-def _streaming(cfg, aug, device, batch_size, eval_batch_size, generator, channels_last, drop_last):
+def _train_loader(cfg: DataConfig, data: ImageData, batch: BatchSpec, *, device: torch.device, batch_size: int,
+                  generator: torch.Generator, channels_last: bool, rank: int, world_size: int,
+                  drop_last: bool) -> tuple[DeviceLoader | ViewsLoader, int]:
+    """The train loader ``batch`` asks for, and the training-set size DataInfo reports."""
+    shard = {"rank": rank, "world_size": world_size, "channels_last": channels_last}
+    if isinstance(batch, SemiSupervisedBatch):
+        loader = semisup_train_loader(cfg, data, batch, device=device, batch_size=batch_size, generator=generator,
+                                      **shard)
+        return loader, loader.num_labelled
+    x, y, n = data.train_x.to(device), data.train_y.to(device), data.train_x.shape[0]
+    kw = {"mean": data.mean, "std": data.std, "generator": generator, "drop_last": drop_last} | shard
+    if isinstance(batch, LabelledBatch):
+        return DeviceLoader(x, y, batch_size, train=True, augment=_augment(cfg), **kw), n
+    if isinstance(batch, ViewsBatch):
+        return ViewsLoader(x, y, batch_size, views=batch.views, **kw), n
+    raise TypeError(f"unknown batch spec {batch!r}; expected one of {BatchSpec}")
+
+
+def _test_loader(cfg: DataConfig, data: ImageData, device: torch.device, eval_batch_size: int,
+                 channels_last: bool, rank: int, world_size: int) -> DeviceLoader:
+    """Rank r's contiguous share of the test set, in order: images [⌊r·N/W⌋, ⌊(r+1)·N/W⌋)."""
+    lo, hi, _ = shard_of(data.test_x.shape[0], rank, world_size)
+    return DeviceLoader(data.test_x[lo:hi].to(device), data.test_y[lo:hi].to(device), eval_batch_size,
+                        train=False, augment=_augment(cfg), mean=data.mean, std=data.std,
+                        channels_last=channels_last)
+
+
+def _streaming(cfg, batch, device, batch_size, eval_batch_size, generator, channels_last, drop_last, world_size):
+    if not isinstance(batch, LabelledBatch):
+        raise UserError(f"[data].streaming only feeds labelled (x, y) batches, not the {batch.description} "
+                        "batches this method trains on; set data.streaming = false")
+    if world_size > 1:
+        raise UserError(f"[data].streaming does not shard across processes (world size {world_size}); "
+                        "set data.streaming = false or train in one process")
     root = _root(cfg)
     if root.is_file():
         raise UserError(f"[data].streaming reads class folders, not archives: extract {root} first "
@@ -180,10 +239,11 @@ def _streaming(cfg, aug, device, batch_size, eval_batch_size, generator, channel
     if not (root / "train").is_dir() or not test_dir.is_dir():
         raise UserError(f"[data].root: {root} needs train/ and test/ (or val/) class folders")
     mean, std = _norm(cfg, "imagefolder")
-    kw = {"augment": aug, "mean": mean, "std": std, "device": device, "num_workers": cfg.num_workers,
+    kw = {"augment": _augment(cfg), "mean": mean, "std": std, "device": device, "num_workers": cfg.num_workers,
           "channels_last": channels_last}
     train = StreamingLoader(root / "train", cfg.image_size, batch_size, train=True, generator=generator,
                             drop_last=drop_last, **kw)
+    train.images_per_step = batch_size
     test = StreamingLoader(test_dir, cfg.image_size, eval_batch_size, train=False, generator=None,
                            drop_last=False, classes=train.classes, **kw)
     info = DataInfo("imagefolder", len(train.classes), train.classes, (cfg.image_size, cfg.image_size),
@@ -192,4 +252,5 @@ def _streaming(cfg, aug, device, batch_size, eval_batch_size, generator, channel
 
 
 __all__ = ["DataConfig", "ImageData", "DataInfo", "DATASETS", "load_image_data", "build_loaders",
-           "build_semisup_loaders", "DeviceLoader", "Augment", "StreamingLoader"]
+           "build_semisup_loaders", "DeviceLoader", "ViewsLoader", "Views", "Augment", "StreamingLoader",
+           "BatchSpec", "LabelledBatch", "SemiSupervisedBatch", "ViewsBatch"]

@@ -5,20 +5,28 @@
 training images, labels hidden: FixMatch's convention) as a weak view (crop/flip) and a strong view
 (another crop/flip, then RandAugment + Cutout). Everything stays on the device; all randomness
 comes from the loader's generator.
+
+Sharding (W processes, global labelled batch B): all ranks draw the same labelled stream,
+permutation and augmentation parameters for the whole global step (B labelled, μ·B unlabelled
+rows) and rank r augments and yields only its rows [r·B/W, (r+1)·B/W) and [r·μB/W, (r+1)·μB/W).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-from mixbench.data.gpu_loader import Augment, Normalize, augment_batch
-from mixbench.data.randaugment import rand_augment
+from mixbench.data.batches import SemiSupervisedBatch
+from mixbench.data.gpu_loader import Augment, Normalize, Shard, augment_batch, model_input, shard_of, sharded_batches
+from mixbench.data.randaugment import CUTOUT_FILL, OPS, apply_ops, cutout_mask, rand_augment
 from mixbench.errors import UserError
+
+if TYPE_CHECKING:
+    from mixbench.data import DataConfig, ImageData
 
 
 class SemiBatch(NamedTuple):
@@ -76,6 +84,33 @@ def labelled_indices(labels: np.ndarray, per_class: int | None, total: int | Non
     return np.sort(np.concatenate(picks))
 
 
+def sharded_rand_augment(x: torch.Tensor, gen: torch.Generator, shard: Shard | None = None, num_ops: int = 2,
+                         cutout: float = 0.5) -> torch.Tensor:
+    """:func:`rand_augment` of rows [lo, hi) of a global batch of ``shard.total`` uint8 images.
+
+    Draws the ops, magnitudes, signs and Cutout centres of all ``total`` rows in ``rand_augment``'s
+    order and applies rows [lo, hi) to ``x``, so the result is ``rand_augment(whole)[lo:hi]`` for the
+    same generator state (a test pins this); the whole batch (or no shard) calls ``rand_augment``.
+    """
+    if shard is None or (shard.lo == 0 and shard.hi == shard.total):
+        return rand_augment(x, gen, num_ops, cutout)
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[0] != shard.hi - shard.lo:
+        raise ValueError(f"expected uint8 rows [{shard.lo}, {shard.hi}) of a batch, got {x.dtype} {tuple(x.shape)}")
+    _, _, h, w = x.shape
+    dev, t, rows = x.device, shard.total, slice(shard.lo, shard.hi)
+    side = int(round(cutout * min(h, w)))
+    ops = torch.randint(0, len(OPS), (t, num_ops), device=dev, generator=gen)[rows]
+    mags = torch.rand(t, num_ops, device=dev, generator=gen)[rows]
+    signs = torch.where(torch.rand(t, num_ops, device=dev, generator=gen)[rows] < 0.5, -1.0, 1.0)
+    if side > 0:
+        cy = torch.randint(0, h, (t,), device=dev, generator=gen)[rows]
+        cx = torch.randint(0, w, (t,), device=dev, generator=gen)[rows]
+    out = apply_ops(x.float(), ops, mags, signs).to(torch.uint8) if num_ops > 0 else x.clone()
+    if side > 0:
+        out = torch.where(cutout_mask(cy, cx, side, h, w), CUTOUT_FILL, out)
+    return out
+
+
 class SemiSupLoader:
     """FixMatch batches from uint8 images and int64 labels that already live on the device.
 
@@ -86,21 +121,28 @@ class SemiSupLoader:
     many passes as the epoch needs). The stream restarts with each epoch, so an epoch depends only
     on the generator's state at its start (restoring that state reproduces it). Weak view: the
     ``augment`` crop/flip; strong view: an independent crop/flip, then :func:`rand_augment`.
+    ``batch_size`` is the global B and ``images_per_step = B·(1 + μ)``; with ``world_size`` W > 1
+    this rank yields its B/W labelled and μB/W unlabelled rows, drawing every random number of the
+    global step (crop/flip and RandAugment parameters sliced, see :func:`sharded_rand_augment`).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, batch_size: int, *,
                  augment: Augment, mean, std, generator: torch.Generator, unlabeled_ratio: int = 7,
-                 channels_last: bool = False, strong_ops: int = 2, cutout: float = 0.5):
+                 channels_last: bool = False, strong_ops: int = 2, cutout: float = 0.5, rank: int = 0,
+                 world_size: int = 1):
         if labelled.numel() == 0:
             raise ValueError("the labelled set is empty")
         if batch_size < 1 or unlabeled_ratio < 1:
             raise ValueError("batch_size and unlabeled_ratio must be at least 1")
+        shard_of(batch_size, rank, world_size)  # checks the rank
         self.images, self.labels = images, labels
         self.labelled = labelled.to(device=images.device, dtype=torch.long)
         self.batch_size, self.unlabeled_ratio = batch_size, unlabeled_ratio
         self.augment, self.generator = augment, generator
         self.channels_last = channels_last
         self.strong_ops, self.cutout = strong_ops, cutout
+        self.rank, self.world_size = rank, world_size
+        self.images_per_step = batch_size * (1 + unlabeled_ratio)  # global images per optimiser step
         self.normalize = Normalize(mean, std, images.device)
         self.num_labelled = int(self.labelled.numel())
         self.num_unlabelled = int(images.shape[0])
@@ -109,9 +151,7 @@ class SemiSupLoader:
         return self.num_unlabelled // (self.unlabeled_ratio * self.batch_size)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt)
+        return model_input(x, self.normalize, self.channels_last)
 
     def labelled_stream(self, steps: int) -> torch.Tensor:
         """``steps · B`` labelled image indices: concatenated fresh permutations of the labelled set."""
@@ -125,40 +165,36 @@ class SemiSupLoader:
         order = torch.argsort(keys, dim=1, stable=True).view(-1)
         return self.labelled[order[:steps * self.batch_size]]
 
+    def _strong(self, raw: torch.Tensor, shard: Shard) -> torch.Tensor:
+        """Strong view of this rank's rows: an independent crop/flip, then RandAugment + Cutout."""
+        strong = augment_batch(raw, self.augment, self.generator, shard)
+        if strong.dtype != torch.uint8:  # rrc_flip gives float in [0, 255]
+            strong = strong.round().clamp(0, 255).to(torch.uint8)
+        return sharded_rand_augment(strong, self.generator, shard, self.strong_ops, self.cutout)
+
     def __iter__(self) -> Iterator[SemiBatch]:
         steps, bs = len(self), self.batch_size
-        ubs = self.unlabeled_ratio * bs
-        gen = self.generator
+        gen, rank, ws = self.generator, self.rank, self.world_size
         stream = self.labelled_stream(steps)
         order = torch.randperm(self.num_unlabelled, device=self.images.device, generator=gen)
-        for i in range(steps):
-            li = stream[i * bs:(i + 1) * bs]
-            x_l = augment_batch(self.images[li], self.augment, gen)
-            ui = order[i * ubs:(i + 1) * ubs]
+        labelled = sharded_batches(stream, steps, bs, rank, ws)
+        unlabelled = sharded_batches(order, steps, self.unlabeled_ratio * bs, rank, ws)
+        for (li, sl), (ui, su) in zip(labelled, unlabelled, strict=True):
+            x_l = augment_batch(self.images[li], self.augment, gen, sl)
             raw = self.images[ui]
-            u_w = augment_batch(raw, self.augment, gen)
-            strong = augment_batch(raw, self.augment, gen)
-            if strong.dtype != torch.uint8:  # rrc_flip gives float in [0, 255]
-                strong = strong.round().clamp(0, 255).to(torch.uint8)
-            u_s = rand_augment(strong, gen, self.strong_ops, self.cutout)
+            u_w = augment_batch(raw, self.augment, gen, su)
+            u_s = self._strong(raw, su)
             yield SemiBatch(self._finish(x_l), self.labels[li], self._finish(u_w), self._finish(u_s),
                             self.labels[ui])
 
 
-def build_semisup_loaders(cfg, *, device: torch.device, batch_size: int, eval_batch_size: int,
-                          generator: torch.Generator, channels_last: bool = False):
-    """(train :class:`SemiSupLoader`, test ``DeviceLoader``, ``DataInfo``) with the data on ``device``.
+def semisup_train_loader(cfg: DataConfig, data: ImageData, spec: SemiSupervisedBatch, *, device: torch.device,
+                         batch_size: int, generator: torch.Generator, channels_last: bool = False, rank: int = 0,
+                         world_size: int = 1) -> SemiSupLoader:
+    """The :class:`SemiSupLoader` of ``data`` (CPU tensors, moved to ``device``) for global labelled batch B.
 
-    ``cfg`` is a ``DataConfig``; ``batch_size`` is the labelled batch B (the unlabelled batch is
-    ``cfg.unlabeled_ratio · B``); ``info.train_len`` is the number of labelled images.
+    Checks that one step's μ·B unlabelled images exist and picks the labelled subset from ``cfg``.
     """
-    from mixbench.data import DataInfo, DeviceLoader, load_image_data
-
-    if cfg.streaming:
-        raise UserError("[data].streaming is not supported by semi-supervised methods; set data.streaming = false")
-    data = load_image_data(cfg)
-    if data.train_x.shape[0] == 0 or data.test_x.shape[0] == 0:
-        raise UserError(f"[data]: source '{cfg.source}' gave no training or test images")
     n, mu = data.train_x.shape[0], cfg.unlabeled_ratio
     if n < mu * batch_size:
         raise UserError(f"one semi-supervised step needs unlabeled_ratio × batch size = {mu} × {batch_size} = "
@@ -167,13 +203,26 @@ def build_semisup_loaders(cfg, *, device: torch.device, batch_size: int, eval_ba
     keep = labelled_indices(data.train_y.numpy(), cfg.labels_per_class, cfg.num_labels, cfg.seed,
                             num_classes=len(data.classes))
     aug = Augment(cfg.augment, cfg.crop_padding, cfg.padding_mode)
-    kw = {"augment": aug, "mean": data.mean, "std": data.std, "channels_last": channels_last}
-    train = SemiSupLoader(data.train_x.to(device), data.train_y.to(device), torch.from_numpy(keep).to(device),
-                          batch_size, generator=generator, unlabeled_ratio=mu, **kw)
-    test = DeviceLoader(data.test_x.to(device), data.test_y.to(device), eval_batch_size, train=False, **kw)
-    info = DataInfo(cfg.source, len(data.classes), data.classes, tuple(data.train_x.shape[2:]),
-                    len(keep), data.test_x.shape[0], data.mean, data.std)
-    return train, test, info
+    return SemiSupLoader(data.train_x.to(device), data.train_y.to(device), torch.from_numpy(keep).to(device),
+                         batch_size, augment=aug, mean=data.mean, std=data.std, generator=generator,
+                         unlabeled_ratio=mu, channels_last=channels_last, strong_ops=spec.strong_ops,
+                         cutout=spec.cutout, rank=rank, world_size=world_size)
 
 
-__all__ = ["SemiBatch", "SemiSupLoader", "labelled_indices", "build_semisup_loaders"]
+def build_semisup_loaders(cfg: DataConfig, *, device: torch.device, batch_size: int, eval_batch_size: int,
+                          generator: torch.Generator, channels_last: bool = False, rank: int = 0,
+                          world_size: int = 1):
+    """``build_loaders(cfg, ..., batch=SemiSupervisedBatch())``: (train :class:`SemiSupLoader`, test, info).
+
+    ``batch_size`` is the global labelled batch B (the unlabelled batch is ``cfg.unlabeled_ratio · B``);
+    ``info.train_len`` is the number of labelled images.
+    """
+    from mixbench.data import build_loaders
+
+    return build_loaders(cfg, device=device, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         generator=generator, channels_last=channels_last, batch=SemiSupervisedBatch(),
+                         rank=rank, world_size=world_size)
+
+
+__all__ = ["SemiBatch", "SemiSupLoader", "labelled_indices", "sharded_rand_augment", "semisup_train_loader",
+           "build_semisup_loaders"]

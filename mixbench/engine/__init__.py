@@ -1,12 +1,13 @@
-"""The one training engine: loop, optimiser, schedule, precision, EMA, checkpoints, progress.
+"""The one training engine: assembly (``build_run``), the loop (``Trainer``), optimiser, schedule,
+precision, momentum teachers, checkpoints, torchrun, progress.
 
-``fit`` and friends load lazily, so that methods can use the engine's parts (``engine.ema``)
+``fit`` and friends load lazily, so that methods can use the engine's parts (``engine.momentum``)
 without importing the trainer, which imports every method.
 """
 
 from typing import Any
 
-__all__ = ["fit", "resolve_device", "Interrupted", "TrainResult"]
+__all__ = ["fit", "resolve_device", "Interrupted", "TrainResult", "Trainer"]
 
 
 def __getattr__(name: str) -> Any:

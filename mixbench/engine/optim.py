@@ -8,40 +8,37 @@ linear warm-up from ``warmup_start·lr`` to ``lr``, then cosine to ``min_lr``
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from mixbench.methods.base import ParamGroup
 
 
-def param_groups(modules: list[nn.Module], weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
-    """One group per module; with ``no_decay_norm_bias`` 1-D parameters (norms, biases) get wd 0.
-
-    A module's ``group_lr`` / ``group_min_lr`` attributes (e.g. a learned Mixer's own lr) give its
-    groups their own peak and final learning rate on the shared schedule.
-    """
-    groups: list[dict[str, Any]] = []
-    for module in modules:
-        params = [p for p in module.parameters() if p.requires_grad]
-        extra = {"lr_scale": getattr(module, "lr_scale", 1.0), "base_lr": getattr(module, "group_lr", None),
-                 "floor_lr": getattr(module, "group_min_lr", None)}
+def torch_param_groups(groups: list[ParamGroup], weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """The optimiser's groups: one per method group (two with ``no_decay_norm_bias``: 1-D
+    parameters, i.e. norms and biases, get weight decay 0), carrying the group's own lr settings."""
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        params = [p for p in group.module.parameters() if p.requires_grad]
+        wd = weight_decay if group.weight_decay is None else group.weight_decay
+        extra = {"name": group.name, "base_lr": group.lr, "floor_lr": group.min_lr, "fixed_lr": group.fixed_lr}
         if not no_decay_norm_bias:
-            groups.append({"params": params, "weight_decay": weight_decay, **extra})
+            out.append({"params": params, "weight_decay": wd, **extra})
             continue
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        groups.append({"params": decay, "weight_decay": weight_decay, **extra})
-        groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
-    return [g for g in groups if g["params"]]
+        out.append({"params": [p for p in params if p.ndim > 1], "weight_decay": wd, **extra})
+        out.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra})
+    return [g for g in out if g["params"]]
 
 
-def build_optimizer(modules: list[nn.Module], cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW from the ``[train]`` table."""
-    groups = param_groups(modules, cfg["weight_decay"], cfg["no_decay_norm_bias"])
+def build_optimizer(groups: list[ParamGroup], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW from the ``[train]`` table over a method's groups."""
+    torch_groups = torch_param_groups(groups, cfg["weight_decay"], cfg["no_decay_norm_bias"])
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"],
+        return torch.optim.SGD(torch_groups, lr=cfg["lr"], momentum=cfg["momentum"],
                                nesterov=cfg["nesterov"] and cfg["momentum"] > 0)
-    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    return torch.optim.AdamW(torch_groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
 
 
 class LRSchedule:
@@ -72,12 +69,16 @@ class LRSchedule:
         return lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Write each group's lr for ``step`` (its own peak/final or fixed lr where set); return the main lr."""
         lr = self(step)
         for group in optimizer.param_groups:
-            if group.get("base_lr") is not None or group.get("floor_lr") is not None:
-                peak = group["base_lr"] if group.get("base_lr") is not None else self.lr
-                floor = group["floor_lr"] if group.get("floor_lr") is not None else self.min_lr
+            peak, floor = group.get("base_lr"), group.get("floor_lr")
+            if group.get("fixed_lr") is not None:
+                group["lr"] = group["fixed_lr"]
+            elif peak is not None or floor is not None:
+                peak = self.lr if peak is None else peak
+                floor = self.min_lr if floor is None else floor
                 group["lr"] = self.at(step, peak, min(floor, peak))
             else:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                group["lr"] = lr
         return lr

@@ -1,18 +1,19 @@
 """The training loop, readable top to bottom.
 
-``fit`` builds data, model, method, optimiser and schedule from a :class:`Recipe`, then for each
-epoch: draws an on-device permutation, runs ``method.step`` per batch under autocast, steps the
-optimiser, updates the EMA, and evaluates every ``eval.every`` epochs. The host synchronises only
-every ``train.log_every`` steps and at epoch ends. Checkpoints are written atomically at epoch
-boundaries; ``--resume`` restores every state (weights, optimiser, schedule step, scaler, EMA,
-and all random generators) so a resumed run reproduces an uninterrupted one.
+``fit`` checks the run folder, assembles the run (:func:`mixbench.engine.build.build_run`) and hands
+it to a :class:`Trainer`, which for each epoch: draws the on-device permutation (inside the
+loader), calls the method on each batch under autocast, backpropagates through the gradient scaler,
+steps the optimiser, lets the method update its momentum modules, updates the weight EMA, and
+evaluates every ``eval.every`` epochs. The host synchronises only every ``train.log_every`` steps
+and at epoch ends. Checkpoints are written atomically at epoch boundaries and hold
+``Trainer.state_dict()``; ``--resume`` is ``Trainer.load_state_dict`` of it, which restores every
+state (weights, optimiser, scaler, EMA, all random generators) so a resumed run reproduces an
+uninterrupted one. Under torchrun, only rank 0 writes records and prints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import resource
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,29 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as torch_dist
 
-from mixbench.data import DataConfig, build_loaders, build_semisup_loaders
-from mixbench.engine.distributed import DistInfo
-from mixbench.engine.ema import EMA
-from mixbench.engine.optim import LRSchedule, build_optimizer
+from mixbench.checkpoint import CHECKPOINT_KIND, CHECKPOINT_VERSION, read_checkpoint
+from mixbench.engine.build import Run, build_run
+from mixbench.engine.distributed import DistInfo, any_rank, device_for, rank0_first, setup, teardown
 from mixbench.engine.progress import Reporter, make_reporter
-from mixbench.engine.seeding import global_rng_state, seed_everything, set_global_rng_state
+from mixbench.engine.seeding import global_rng_state, set_global_rng_state
+from mixbench.engine.stopping import Interrupted, StopFlag
 from mixbench.errors import DivergedError, UserError
-from mixbench.losses import LOSSES
-from mixbench.methods import METHODS, MethodContext, build_method
+from mixbench.evaluate import EvalContext, TopKAccuracy, topk_accuracy
 from mixbench.mixing.base import MixRNG
 from mixbench.mixing.cost import time_ms
-from mixbench.models import build_model
 from mixbench.recipe import Recipe
 from mixbench.results.atomic import atomic_torch_save
 from mixbench.results.records import RunDir, collect_meta, device_name, summarize, utc_now
-
-CHECKPOINT_VERSION = 1
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C or SIGTERM; the CLI exits with code 130."""
 
 
 @dataclass
@@ -57,302 +50,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; "
-                        "use --device cpu or auto")
-    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"--device '{name}' is not valid; use auto, cpu or cuda")
     return torch.device(name)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, precision: str) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) over ``loader``; one host sync at the end."""
-    was_training = model.training
-    model.eval()
-    correct1 = torch.zeros((), device=device, dtype=torch.int64)
-    correct5 = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    for x, y in loader:
-        with _autocast(device, precision):
-            logits = model(x)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top == y.unsqueeze(1)
-        correct1 += hit[:, 0].sum()
-        correct5 += hit.any(1).sum()
-        seen += y.shape[0]
-    model.train(was_training)
-    c = torch.stack([correct1, correct5]).cpu().tolist()
-    return 100.0 * c[0] / max(seen, 1), 100.0 * c[1] / max(seen, 1)
-
-
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (no work in the handler)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def fit(
-    recipe: Recipe,
-    *,
-    out_root: Path,
-    device: torch.device,
-    resume: bool = False,
-    overwrite: bool = False,
-    command_line: list[str] | None = None,
-    reporter: Reporter | None = None,
-) -> TrainResult:
-    """Train ``recipe`` and write its run record below ``out_root``. See the module docstring."""
-    dist = DistInfo.from_env()
-    tcfg, ecfg = recipe.train, recipe.eval
-
-    RunDir.check(out_root, recipe.name, recipe.run_id(), resume=resume, overwrite=overwrite)
-    seed_everything(recipe.seed, tcfg["deterministic"])
-    loader_gen = torch.Generator(device=device)
-    loader_gen.manual_seed(recipe.seed)
-    mix_rng = MixRNG(recipe.seed + 1, device)
-
-    mparams = dict(recipe.method)
-    method_name = mparams.pop("name")
-    semisup = METHODS.get(method_name).scenario == "semisup"
-    loader_kw = {"device": device, "batch_size": dist.per_device_batch(tcfg["batch_size"]),
-                 "eval_batch_size": ecfg["batch_size"], "generator": loader_gen,
-                 "channels_last": tcfg["channels_last"]}
-    if semisup:
-        train_loader, test_loader, info = build_semisup_loaders(DataConfig(**recipe.data), **loader_kw)
-        images_per_step = tcfg["batch_size"] * (1 + recipe.data["unlabeled_ratio"])
-    else:
-        train_loader, test_loader, info = build_loaders(DataConfig(**recipe.data), **loader_kw, drop_last=True)
-        images_per_step = tcfg["batch_size"]
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise UserError(f"[train].batch_size = {tcfg['batch_size']} is larger than the "
-                        f"{info.train_len} training images; lower it")
-
-    mcfg = recipe.model
-    model = build_model(mcfg["name"], info.num_classes, width=mcfg["width"],
-                        image_size=info.image_size[0], weights=mcfg["weights"],
-                        zero_init_residual=mcfg["zero_init_residual"], drop_rate=mcfg["drop_rate"])
-    model = model.to(device, memory_format=torch.channels_last if tcfg["channels_last"]
-                     else torch.preserve_format)
-    run_model = torch.compile(model) if tcfg["compile"] else model
-
-    lcfg = dict(recipe.loss)
-    loss_fn = LOSSES.get(lcfg.pop("name"))(**lcfg)
-    model_spec = {"name": mcfg["name"], "width": mcfg["width"], "image_size": info.image_size[0],
-                  "num_classes": info.num_classes, "dataset": recipe.data["source"],
-                  "mean": list(info.mean), "std": list(info.std)}
-    ctx = MethodContext(model=run_model, loss=loss_fn, num_classes=info.num_classes, device=device,
-                        rng=mix_rng, epochs=tcfg["epochs"], steps_per_epoch=steps_per_epoch,
-                        model_spec=model_spec)
-    method = build_method(method_name, mparams, ctx)
-    optimizer = build_optimizer(method.trainable(), tcfg)
-    schedule = LRSchedule(tcfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type) if tcfg["precision"] == "fp16" else None
-    ema = EMA(model, tcfg["ema_decay"]) if tcfg["ema"] else None
-    n_params = sum(p.numel() for p in model.parameters())
-
-    run = RunDir.create(out_root, recipe.name, recipe.run_id(), resume=resume, overwrite=overwrite)
-    start_epoch, step, prior_wall = 0, 0, 0.0
-    if resume:
-        ckpt = _load_checkpoint(run.checkpoint_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for name, module in method.extra_modules().items():
-            module.load_state_dict(ckpt["extra"][name])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        set_global_rng_state(ckpt["rng"]["global"])
-        loader_gen.set_state(ckpt["rng"]["loader"])
-        mix_rng.load_state_dict(ckpt["rng"]["mix"])
-        start_epoch, step, prior_wall = ckpt["epoch"], ckpt["step"], ckpt["wall_time_s"]
-        run.truncate_metrics(start_epoch)
-        run.update_meta(status="running", resumed_at_epoch=start_epoch, end_time=None)
-    else:
-        run.write_recipe(recipe.to_toml())
-        meta = collect_meta(command_line or sys.argv, recipe.seed, device)
-        meta.update(recipe_name=recipe.name, run_id=recipe.run_id(), method=method_name)
-        run.write_meta(meta)
-
-    probe_x, probe_y = _probe_batch(test_loader, tcfg["batch_size"] // dist.world_size)
-    mixes = method.mixes
-    mixer_ms = None
-    if mixes:
-        probe_rng = MixRNG(recipe.seed + 7919, device)  # never the training stream
-        with _autocast(device, tcfg["precision"]):
-            mixer_ms = time_ms(lambda: method.mix_preview(probe_x, probe_y, probe_rng), device,
-                               repeats=3, warmup=1)
-
-    def save_mixes(epoch: int) -> None:
-        from mixbench.visualize import save_mixes as write_grid
-
-        x, y = probe_x[:8], probe_y[:8]
-        mix = method.mix_preview(x, y, MixRNG(recipe.seed + epoch, device))
-        write_grid(run.path / "mixes" / f"epoch{epoch:04d}.png", x, mix, info.mean, info.std, info.classes,
-                   title=f"{method_name} after epoch {epoch}")
-
-    base = {"schema": 1, "name": recipe.name, "run_id": recipe.run_id(), "method": method_name,
-            "dataset": recipe.data["source"], "backbone": mcfg["name"], "loss": recipe.loss["name"],
-            "epochs": tcfg["epochs"], "seed": recipe.seed, "device": device_name(device),
-            "params": n_params, "mixer_ms_per_step": mixer_ms, "method_settings": method.describe(),
-            "labels": info.train_len if semisup else None}
-
-    def finish(status: str, wall: float) -> dict[str, Any]:
-        summary = summarize(run.read_metrics(), status=status,
-                            base={**base, "status": status, "wall_time_s": wall,
-                                  "peak_memory_mb": _peak_memory_mb(device)})
-        if mixer_ms is not None and summary.get("images_per_s"):
-            step_ms = 1000.0 * images_per_step / summary["images_per_s"]
-            summary["mixer_overhead_pct"] = 100.0 * mixer_ms / step_ms
-        run.write_summary(summary)
-        run.update_meta(status=status, end_time=utc_now())
-        return summary
-
-    def save_checkpoint(epoch: int, wall: float) -> None:
-        atomic_torch_save(run.checkpoint_path, {
-            "version": CHECKPOINT_VERSION, "epoch": epoch, "step": step, "wall_time_s": wall,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": {"step": step}, "scaler": scaler.state_dict() if scaler else None,
-            "ema": ema.state_dict() if ema else None,
-            "extra": {k: m.state_dict() for k, m in method.extra_modules().items()},
-            "rng": {"global": global_rng_state(), "loader": loader_gen.get_state(),
-                    "mix": mix_rng.state_dict()},
-            "recipe_hash": recipe.config_hash(),
-        })
-        for file_name, obj in method.export().items():
-            atomic_torch_save(run.path / file_name, obj)
-
-    reporter = reporter or make_reporter(dist.is_main)
-    epochs, stop_after = tcfg["epochs"], tcfg["stop_after"] or tcfg["epochs"]
-    log_every, batch = tcfg["log_every"], images_per_step
-    clip_params = [p for g in optimizer.param_groups for p in g["params"]]
-    t_run = time.perf_counter()
-    wall = prior_wall
-    reporter.start(epochs, steps_per_epoch, start_epoch)
-    method.begin(step)
-    try:
-        with _StopFlag() as stop:
-            for epoch in range(start_epoch + 1, min(epochs, stop_after) + 1):
-                model.train()
-                t0 = time.perf_counter()
-                loss_sum = torch.zeros((), device=device)
-                term_sums: dict[str, torch.Tensor] = {}  # the method's other named scalars, summed on the device
-                bad = torch.zeros((), device=device, dtype=torch.bool)
-                t_log, s_log = t0, 0
-                for i, batch_data in enumerate(train_loader, start=1):
-                    lr = schedule.apply(optimizer, step)
-                    with _autocast(device, tcfg["precision"]):
-                        out = method.step(*batch_data)
-                    loss = out["loss"]
-                    for key, value in out.items():
-                        if key != "loss" and value.dim() == 0:
-                            term_sums[key] = term_sums.get(key, 0.0) + value.detach().float()
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        if tcfg["grad_clip"]:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(clip_params, tcfg["grad_clip"])
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        if tcfg["grad_clip"]:
-                            torch.nn.utils.clip_grad_norm_(clip_params, tcfg["grad_clip"])
-                        optimizer.step()
-                    step += 1
-                    method.after_step(step)
-                    if ema is not None:
-                        ema.update(model)
-                    loss = loss.detach()
-                    loss_sum += loss
-                    bad |= ~torch.isfinite(loss)
-                    if i % log_every == 0 or i == steps_per_epoch:
-                        cur, is_bad = loss.item(), bool(bad)  # the one host sync per log_every steps
-                        if is_bad:
-                            raise DivergedError(f"non-finite loss in epoch {epoch}, step {i}")
-                        now = time.perf_counter()
-                        reporter.step(epoch, i, cur, lr, (i - s_log) * batch / max(now - t_log, 1e-9))
-                        t_log, s_log = now, i
-                    if stop.requested:
-                        raise Interrupted
-                train_s = time.perf_counter() - t0
-                record: dict[str, Any] = {
-                    "epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "lr": lr,
-                    "top1": None, "top5": None, "epoch_seconds": train_s,
-                    "images_per_s": steps_per_epoch * batch / train_s,
-                }
-                if term_sums:  # epoch means of e.g. mask_rate, pseudo_acc, loss_mixer: one sync per epoch
-                    means = (torch.stack(list(term_sums.values())) / steps_per_epoch).tolist()
-                    record["terms"] = dict(zip(term_sums, means, strict=True))
-                if epoch % ecfg["every"] == 0 or epoch in (epochs, stop_after):
-                    t_eval = time.perf_counter()
-                    record["top1"], record["top5"] = evaluate(method.eval_model(), test_loader, device,
-                                                              tcfg["precision"])
-                    if ema is not None and ecfg["ema"]:
-                        record["ema_top1"], record["ema_top5"] = evaluate(
-                            ema.module, test_loader, device, tcfg["precision"])
-                    for head, head_model in method.eval_models().items():
-                        record[f"{head}_top1"], record[f"{head}_top5"] = evaluate(
-                            head_model, test_loader, device, tcfg["precision"])
-                    record["eval_seconds"] = time.perf_counter() - t_eval
-                wall = prior_wall + time.perf_counter() - t_run
-                record["wall_time_s"] = wall
-                run.append_metrics(record)
-                if mixes and ecfg["save_mixes"] and epoch % ecfg["save_mixes"] == 0:
-                    save_mixes(epoch)
-                if epoch % tcfg["checkpoint_every"] == 0 or epoch in (epochs, stop_after):
-                    save_checkpoint(epoch, wall)
-                reporter.epoch_end(record)
-                if stop.requested:
-                    raise Interrupted
-    except DivergedError:
-        reporter.close()
-        finish("diverged", prior_wall + time.perf_counter() - t_run)
-        raise
-    except (Interrupted, KeyboardInterrupt):
-        reporter.close()
-        finish("interrupted", prior_wall + time.perf_counter() - t_run)
-        raise Interrupted from None
-    except BaseException:
-        reporter.close()
-        finish("failed", prior_wall + time.perf_counter() - t_run)
-        raise
-    reporter.close()
-    status = "completed" if stop_after >= epochs else "interrupted"
-    summary = finish(status, wall)
-    return TrainResult(status, summary, run.path)
 
 
 def _probe_batch(loader, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,17 +70,279 @@ def _probe_batch(loader, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.repeat(reps, 1, 1, 1)[:batch_size].contiguous(), y.repeat(reps)[:batch_size]
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+class Trainer:
+    """Owns the loop over an assembled :class:`Run`; ``run_dir`` is None on ranks other than 0."""
+
+    def __init__(self, run: Run, run_dir: RunDir | None, reporter: Reporter):
+        self.run, self.run_dir, self.reporter = run, run_dir, reporter
+        self.epoch, self.step, self.wall = 0, 0, 0.0
+        self.eval_ctx = EvalContext(run.device, run.recipe.train["precision"], run.dist)
+        self.mixer_ms: float | None = None
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs (the random states of every process, gathered to each)."""
+        run = self.run
+        rng = {"global": global_rng_state(), "loader": run.loader_gen.get_state(), "mix": run.mix_rng.state_dict()}
+        if run.dist.enabled:
+            ranks: list[Any] = [None] * run.dist.world_size
+            torch_dist.all_gather_object(ranks, rng)
+        else:
+            ranks = [rng]
+        return {"epoch": self.epoch, "step": self.step, "wall_time_s": self.wall,
+                "world_size": run.dist.world_size, "method": run.method.state_dict(),
+                "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+                "ema": run.ema.state_dict() if run.ema is not None else None, "rng": ranks,
+                "recipe_hash": run.recipe.config_hash()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        run = self.run
+        if state.get("world_size", 1) != run.dist.world_size:
+            raise UserError(f"the checkpoint was written by {state.get('world_size', 1)} processes and this run has "
+                            f"{run.dist.world_size}; resume with the same number of processes")
+        run.method.load_state_dict(state["method"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+        if run.ema is not None and state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+        rng = state["rng"][run.dist.rank]
+        set_global_rng_state(rng["global"])
+        run.loader_gen.set_state(rng["loader"])
+        run.mix_rng.load_state_dict(rng["mix"])
+        self.epoch, self.step, self.wall = state["epoch"], state["step"], state["wall_time_s"]
+
+    def save_checkpoint(self) -> None:
+        """``checkpoint.pt`` (self-describing, see :mod:`mixbench.checkpoint`) and the method's exports."""
+        state = self.state_dict()  # every rank takes part (the random states are gathered)
+        if self.run_dir is None:
+            return
+        atomic_torch_save(self.run_dir.checkpoint_path, {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
+                                                         **self.run.checkpoint_header(), **state})
+        for file_name, obj in self.run.method.export().items():
+            atomic_torch_save(self.run_dir.path / file_name, obj)
+
+    # ------------------------------------------------------------ one epoch
+
+    def train_epoch(self, stop: StopFlag) -> dict[str, Any]:
+        """One pass over the training data; returns the epoch's record (loss, lr, terms, speed)."""
+        run, tcfg = self.run, self.run.recipe.train
+        method, optimizer, scaler = run.method, run.optimizer, run.scaler
+        steps, log_every, images = run.steps_per_epoch, tcfg["log_every"], run.images_per_step
+        clip = [p for g in optimizer.param_groups for p in g["params"]] if tcfg["grad_clip"] else []
+        method.train()
+        dev = run.device
+        t0 = t_log = time.perf_counter()
+        s_log, lr = 0, 0.0
+        loss_sum = torch.zeros((), device=dev)
+        term_sums: dict[str, torch.Tensor] = {}  # the method's other named scalars, summed on the device
+        bad = torch.zeros((), device=dev, dtype=torch.bool)
+        for i, batch in enumerate(run.train_loader, start=1):
+            lr = run.schedule.apply(optimizer, self.step)
+            method.global_step = self.step
+            with self.eval_ctx.autocast():
+                out = run.step_module(batch)
+            loss = out["loss"]
+            for key, value in out.items():
+                if key != "loss" and value.dim() == 0:
+                    term_sums[key] = term_sums.get(key, 0.0) + value.detach().float()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(clip, tcfg["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            self.step += 1
+            method.on_step_end(self.step)
+            if run.ema is not None:
+                run.ema.update(method.model, self.step)
+            loss = loss.detach()
+            loss_sum += loss
+            bad |= ~torch.isfinite(loss)
+            if i % log_every == 0 or i == steps:  # the one host sync per log_every steps
+                if any_rank(bool(bad), run.dist):
+                    raise DivergedError(f"non-finite loss in epoch {self.epoch + 1}, step {i}")
+                now = time.perf_counter()
+                self.reporter.step(self.epoch + 1, i, loss.item(), lr, (i - s_log) * images / max(now - t_log, 1e-9))
+                t_log, s_log = now, i
+            if self._stop_now(stop, i == steps or i % log_every == 0):
+                raise Interrupted
+        train_s = time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum.item() / steps, "lr": lr,
+                                  "top1": None, "top5": None, "epoch_seconds": train_s,
+                                  "images_per_s": steps * images / train_s}
+        if term_sums:  # epoch means of e.g. mask_rate, pseudo_acc, loss_mixer: one sync per epoch
+            means = (torch.stack(list(term_sums.values())) / steps).tolist()
+            record["terms"] = dict(zip(term_sums, means, strict=True))
+        return record
+
+    def _stop_now(self, stop: StopFlag, at_sync: bool) -> bool:
+        """A stop request: checked every step alone, at sync points when all ranks must agree."""
+        if not self.run.dist.enabled:
+            return stop.requested
+        return at_sync and any_rank(stop.requested, self.run.dist)
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        """Top-1/top-5 of every classifier the method reports (and of the weight EMA)."""
+        run = self.run
+        if run.dist.enabled:
+            _sync_buffers(run.method)  # every rank evaluates rank 0's BatchNorm statistics
+        t = time.perf_counter()
+        out = TopKAccuracy()(run.method, run.test_loader, self.eval_ctx)
+        if run.ema is not None and run.recipe.eval["ema"]:
+            out["ema_top1"], out["ema_top5"] = topk_accuracy(run.ema.module, run.test_loader, self.eval_ctx)
+        out["eval_seconds"] = time.perf_counter() - t
+        return out
+
+    # ------------------------------------------------------------ the loop
+
+    def probe_mixer(self) -> None:
+        """Time the method's mix on a fixed test batch (``mixer_ms_per_step``), never the training stream."""
+        run = self.run
+        if not run.method.mixes:
+            return
+        per_rank = run.recipe.train["batch_size"] // run.dist.world_size
+        self.probe_x, self.probe_y = _probe_batch(run.test_loader, per_rank)
+        probe_rng = MixRNG(run.recipe.seed + 7919, run.device)
+        with self.eval_ctx.autocast():
+            self.mixer_ms = time_ms(lambda: run.method.mix_preview(self.probe_x, self.probe_y, probe_rng), run.device,
+                                    repeats=3, warmup=1)
+
+    def save_mixes(self, epoch: int) -> None:
+        from mixbench.visualize import save_mixes as write_grid
+
+        run = self.run
+        x, y = self.probe_x[:8], self.probe_y[:8]
+        mix = run.method.mix_preview(x, y, MixRNG(run.recipe.seed + epoch, run.device))
+        write_grid(self.run_dir.path / "mixes" / f"epoch{epoch:04d}.png", x, mix, run.info.mean, run.info.std,
+                   run.info.classes, title=f"{run.method_name} after epoch {epoch}")
+
+    def fit(self) -> TrainResult:
+        """Train from ``self.epoch`` to the end (or ``[train].stop_after``) and write the summary."""
+        run, tcfg, ecfg = self.run, self.run.recipe.train, self.run.recipe.eval
+        epochs = tcfg["epochs"]
+        stop_after = tcfg["stop_after"] or epochs
+        self.probe_mixer()
+        t_run, prior_wall = time.perf_counter(), self.wall
+        self.reporter.start(epochs, run.steps_per_epoch, self.epoch)
+        try:
+            with StopFlag() as stop:
+                while self.epoch < min(epochs, stop_after):
+                    record = self.train_epoch(stop)
+                    self.epoch += 1
+                    if self.epoch % ecfg["every"] == 0 or self.epoch in (epochs, stop_after):
+                        record.update(self.evaluate())
+                    self.wall = prior_wall + time.perf_counter() - t_run
+                    record["wall_time_s"] = self.wall
+                    if self.run_dir is not None:
+                        self.run_dir.append_metrics(record)
+                        if run.method.mixes and ecfg["save_mixes"] and self.epoch % ecfg["save_mixes"] == 0:
+                            self.save_mixes(self.epoch)
+                    if self.epoch % tcfg["checkpoint_every"] == 0 or self.epoch in (epochs, stop_after):
+                        self.save_checkpoint()
+                    self.reporter.epoch_end(record)
+                    if self._stop_now(stop, True):
+                        raise Interrupted
+        except DivergedError:
+            self._finish("diverged", prior_wall + time.perf_counter() - t_run)
+            raise
+        except (Interrupted, KeyboardInterrupt):
+            self._finish("interrupted", prior_wall + time.perf_counter() - t_run)
+            raise Interrupted from None
+        except BaseException:
+            self._finish("failed", prior_wall + time.perf_counter() - t_run)
+            raise
+        status = "completed" if stop_after >= epochs else "interrupted"
+        return TrainResult(status, self._finish(status, self.wall), self._run_path())
+
+    def _run_path(self) -> Path:
+        recipe = self.run.recipe
+        return self.run_dir.path if self.run_dir is not None else Path(recipe.name) / recipe.run_id()
+
+    def _finish(self, status: str, wall: float) -> dict[str, Any]:
+        """Close the progress display; on rank 0 write the summary and the final status."""
+        self.reporter.close()
+        if self.run_dir is None:
+            return {}
+        run = self.run
+        summary = summarize(self.run_dir.read_metrics(), status=status,
+                            base={**self._summary_base(), "status": status, "wall_time_s": wall,
+                                  "peak_memory_mb": _peak_memory_mb(run.device)})
+        if self.mixer_ms is not None and summary.get("images_per_s"):
+            step_ms = 1000.0 * run.images_per_step / summary["images_per_s"]
+            summary["mixer_overhead_pct"] = 100.0 * self.mixer_ms / step_ms
+        self.run_dir.write_summary(summary)
+        self.run_dir.update_meta(status=status, end_time=utc_now())
+        return summary
+
+    def _summary_base(self) -> dict[str, Any]:
+        run, recipe = self.run, self.run.recipe
+        return {"schema": 1, "name": recipe.name, "run_id": recipe.run_id(), "method": run.method_name,
+                "dataset": recipe.data["source"], "backbone": recipe.model["name"], "loss": recipe.loss["name"],
+                "epochs": recipe.train["epochs"], "seed": recipe.seed, "device": device_name(run.device),
+                "params": sum(p.numel() for p in run.method.model.parameters()),
+                "mixer_ms_per_step": self.mixer_ms, "method_settings": run.method.describe(),
+                "labels": run.info.train_len if run.method.batch.needs_label_split else None,
+                **_distributed_fields(run)}
+
+
+def _distributed_fields(run: Run) -> dict[str, Any]:
+    """How the batch was spread over processes (recorded in the summary and meta)."""
+    global_batch = run.recipe.train["batch_size"]
+    return {"world_size": run.dist.world_size, "backend": run.dist.backend, "global_batch": global_batch,
+            "per_process_batch": global_batch // run.dist.world_size,
+            "mixing_pairs": "within each process's batch" if run.method.mixes else None,
+            "sync_bn": bool(run.recipe.train["sync_bn"]) and run.dist.enabled}
+
+
+@torch.no_grad()
+def _sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank."""
+    for buf in module.buffers():
+        torch_dist.broadcast(buf, src=0)
+
+
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """The training state of a run's checkpoint; a version-1 file is refused with one sentence."""
+    ckpt = read_checkpoint(path, "--resume")
+    if ckpt.data.get("migrated_from") == 1:
+        raise UserError(f"{path}: written by an earlier mixbench (checkpoint version 1), which cannot be resumed; "
+                        "start again with --overwrite")
+    return ckpt.data
+
+
+def fit(recipe: Recipe, *, out_root: Path, device: torch.device, resume: bool = False, overwrite: bool = False,
+        command_line: list[str] | None = None, reporter: Reporter | None = None) -> TrainResult:
+    """Train ``recipe`` and write its run record below ``out_root`` (see the module docstring)."""
+    dist = setup(device.type)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no checkpoint to resume from; run without --resume") from None
-    except Exception as e:  # a truncated or foreign file
-        raise UserError(f"{path}: cannot read the checkpoint ({type(e).__name__}); "
-                        "run with --overwrite to start again") from None
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise UserError(f"{path}: not a mixbench checkpoint of version {CHECKPOINT_VERSION}")
-    return ckpt
+        return _fit(recipe, dist, out_root=Path(out_root), device=device_for(dist, device), resume=resume,
+                    overwrite=overwrite, command_line=command_line, reporter=reporter)
+    finally:
+        teardown(dist)
 
 
-__all__ = ["fit", "evaluate", "resolve_device", "Interrupted", "TrainResult"]
+def _fit(recipe: Recipe, dist: DistInfo, *, out_root: Path, device: torch.device, resume: bool, overwrite: bool,
+         command_line: list[str] | None, reporter: Reporter | None) -> TrainResult:
+    name, run_id = recipe.name, recipe.run_id()
+    rank0_first(lambda: RunDir.check(out_root, name, run_id, resume=resume, overwrite=overwrite), dist)
+    run = build_run(recipe, device, dist)
+    run_dir = rank0_first(lambda: RunDir.create(out_root, name, run_id, resume=resume, overwrite=overwrite), dist)
+    trainer = Trainer(run, run_dir, reporter or make_reporter(dist.is_main))
+    if resume:
+        trainer.load_state_dict(read_resume_checkpoint(out_root / name / run_id / "checkpoint.pt"))
+        if run_dir is not None:
+            run_dir.truncate_metrics(trainer.epoch)
+            run_dir.update_meta(status="running", resumed_at_epoch=trainer.epoch, end_time=None)
+    elif run_dir is not None:
+        run_dir.write_recipe(recipe.to_toml())
+        meta = collect_meta(command_line or sys.argv, recipe.seed, device)
+        meta.update(recipe_name=name, run_id=run_id, method=run.method_name, **_distributed_fields(run))
+        run_dir.write_meta(meta)
+    return trainer.fit()
+
+
+__all__ = ["fit", "Trainer", "TrainResult", "resolve_device", "Interrupted", "read_resume_checkpoint"]

@@ -100,6 +100,8 @@ def dm_weights(lam: torch.Tensor, eta: float, mode: str = "both", lam_power: flo
     return w_a, w_b
 
 
+@LOSSES.register("dm",
+                 doc="Decoupled Mixup DM(CE): mixed CE + η-weighted decoupled-softmax regulariser per mixed class")
 class DecoupledCE:
     """Decoupled Mixup DM(CE): mixed CE + η-weighted decoupled-softmax regulariser per mixed class.
 
@@ -162,6 +164,8 @@ def two_hot_targets(y_a: torch.Tensor, y_b: torch.Tensor | None, lam: torch.Tens
     return torch.where((y_a == y_b).view(-1, 1), t, two_hot.clamp(max=1.0))
 
 
+@LOSSES.register("dm_bce",
+                 doc="Decoupled Mixup DM(BCE): BCE on thresholded two-hot targets h(λ) e_a + h(1 − λ) e_b")
 class DecoupledBCE:
     """Decoupled Mixup DM(BCE): BCE on thresholded two-hot targets h(λ) e_a + h(1 − λ) e_b.
 
@@ -209,11 +213,3 @@ def eta_balanced(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lam: to
     """SAMix's η-balanced mixup loss mean_i(L_local + η·L_global); η = 1 is mixed CE, η → 0 local only."""
     local, global_ = eta_balanced_terms(logits, a, b, lam)
     return _reduce(local + eta * global_, weight)
-
-
-def _first_line(cls: type) -> str:
-    return (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
-
-
-LOSSES.register("dm", doc=_first_line(DecoupledCE), params=DecoupledCE.params)(DecoupledCE)
-LOSSES.register("dm_bce", doc=_first_line(DecoupledBCE), params=DecoupledBCE.params)(DecoupledBCE)

@@ -40,6 +40,7 @@ def mixed_targets(
     return t
 
 
+@LOSSES.register("ce", doc="mixed cross-entropy, hard pair form λ·CE(y_a) + (1−λ)·CE(y_b)")
 class MixedCE:
     """Mixed cross-entropy in the hard pair form: λ·CE(z, y_a) + (1 − λ)·CE(z, y_b)."""
 
@@ -58,6 +59,7 @@ class MixedCE:
         return reduce(lam * ce_a + (1.0 - lam) * ce_b, weight)
 
 
+@LOSSES.register("soft_ce", doc="soft-target cross-entropy with mixed, smoothed targets")
 class SoftCE(MixedCE):
     """Soft-target cross-entropy: −Σ_k t_k log softmax(z)_k with mixed, smoothed targets."""
 
@@ -66,6 +68,7 @@ class SoftCE(MixedCE):
         return reduce(-(t * F.log_softmax(logits.float(), dim=1)).sum(1), weight)
 
 
+@LOSSES.register("bce", doc="binary cross-entropy with mixed targets (sum over classes)")
 class BCE(MixedCE):
     """Binary cross-entropy with mixed, smoothed targets; summed over classes, mean over batch."""
 
@@ -73,11 +76,3 @@ class BCE(MixedCE):
         t = mixed_targets(y_a, y_b, lam, logits.shape[1], self.label_smoothing)
         bce = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
         return reduce(bce.sum(1), weight)
-
-
-LOSSES.register("ce", doc="mixed cross-entropy, hard pair form λ·CE(y_a) + (1−λ)·CE(y_b)",
-                params=MixedCE.params)(MixedCE)
-LOSSES.register("soft_ce", doc="soft-target cross-entropy with mixed, smoothed targets",
-                params=SoftCE.params)(SoftCE)
-LOSSES.register("bce", doc="binary cross-entropy with mixed targets (sum over classes)",
-                params=BCE.params)(BCE)

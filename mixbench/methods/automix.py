@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.engine.ema import EMA
+from mixbench.engine.momentum import MomentumTeacher
 from mixbench.losses.decoupled import eta_balanced
-from mixbench.methods.base import Method, MethodContext
+from mixbench.methods.base import METHODS, Method, MethodContext, ParamGroup
 from mixbench.mixing.base import MixOutput, MixRNG
-from mixbench.mixing.features import eval_mode, unwrap
+from mixbench.mixing.features import eval_mode
 from mixbench.mixing.learned import (
     LAM_ENCODINGS,
     QK_MODES,
@@ -49,13 +49,6 @@ def neg_weight_soft_ce(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tenso
     w = torch.full_like(t, eta)
     w.scatter_(1, y_a.view(-1, 1), 1.0).scatter_(1, y_b.view(-1, 1), 1.0)
     return -(w * t * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
-
-
-def momentum_at(step: int, total: int, start: float, end: float, warm: float) -> float:
-    """m = start for the first ``warm`` fraction, then end − (end − start)(cos(πt/T) + 1)/2."""
-    if total <= 0 or step < warm * total:
-        return start
-    return end - (end - start) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
 
 AUTOMIX_PARAMS: dict[str, Param] = {
@@ -87,29 +80,32 @@ AUTOMIX_PARAMS: dict[str, Param] = {
 }
 
 
+@METHODS.register("automix")
 class AutoMix(Method):
     """AutoMix: a Mix Block learned against a momentum encoder (two-pass step, mask loss)."""
 
     params: ClassVar[dict[str, Param]] = AUTOMIX_PARAMS
+    mixes = True  # the backbone-side learned mix
     differs: ClassVar[str] = ("one λ per batch as the reference; the mask-adjust rescales to λ_bb "
                               "(the reference uses λ_mb); the upsampling factor is input size / feature size")
 
     def __init__(self, ctx: MethodContext, **values: Any):
         super().__init__(ctx, **values)
-        online = unwrap(ctx.model)
+        online = self.model
         self.head_one = nn.Linear(online.backbone.num_features, ctx.num_classes).to(ctx.device)
         # f_k: EMA of the parameters only; its BatchNorm runs in train mode on its own batches
-        self.momentum_ema = EMA(online, self.momentum, copy_buffers=False)
-        self.momentum_encoder = self.momentum_ema.module.train()
+        self.momentum_teacher = MomentumTeacher(online, self.momentum, self.momentum_end, self.momentum_warmup,
+                                                ctx.total_steps, copy_buffers=False, train_mode=True)
         image = ctx.model_spec.get("image_size", 32)
         with torch.no_grad(), eval_mode(online):
             probe = stage_features(online, torch.zeros(1, 3, image, image, device=ctx.device), self.feature_stage)
         self.mix_block = MixBlock(probe.shape[1], lam_encoding=self.lam_encoding, lam_mul_k=self.lam_mul_k,
                                   value_net=self.value_net, qk=self.qk, upsample=self.upsample).to(ctx.device)
-        self.mix_block.group_lr = self.mixer_lr
-        self.mix_block.group_min_lr = self.mixer_min_lr
-        self.m = self.momentum
-        self._step = 0
+
+    @property
+    def momentum_encoder(self) -> nn.Module:
+        """f_k: the momentum copy of the classifier."""
+        return self.momentum_teacher.module
 
     @classmethod
     def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
@@ -152,11 +148,12 @@ class AutoMix(Method):
 
     def _mask_weight(self) -> float:
         if self.mask_loss_schedule == "cosine":
-            t = min(self._step / max(1, self.ctx.total_steps), 1.0)
+            t = min(self.global_step / max(1, self.ctx.total_steps), 1.0)
             return self.mask_loss_weight * (math.cos(math.pi * t) + 1) / 2
         return self.mask_loss_weight
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
         n, size = x.shape[0], x.shape[-2:]
         lam_mb, lam_mb_t, idx_mb = self._draw(n)
         lam_bb, lam_bb_t, idx_bb = self._draw(n)
@@ -171,8 +168,7 @@ class AutoMix(Method):
         # Classifier update on the clean batch and on the detached mix.
         s0_bb = self._backbone_mask(z, idx_bb, lam_bb, lam_bb_t, size, x)
         x_bb = torch.lerp(x[idx_bb], x, s0_bb)
-        online = unwrap(self.model)
-        loss_one = self.ctx.loss(self.head_one(online.forward_features(x)), y)
+        loss_one = self.ctx.loss(self.head_one(self.model.forward_features(x)), y)
         loss_mix = self.ctx.loss(self.model(x_bb), y, y[idx_bb], lam_bb_t)
         loss_encoder = loss_one + loss_mix
         return {"loss": loss_encoder + loss_mixer, "loss_encoder": loss_encoder, "loss_mixer": loss_mixer,
@@ -180,26 +176,16 @@ class AutoMix(Method):
 
     # ------------------------------------------------------------ engine hooks
 
-    def trainable(self) -> list[nn.Module]:
-        return [self.model, self.head_one, self.mix_block]
+    def param_groups(self) -> list[ParamGroup]:
+        return [ParamGroup("model", self.model), ParamGroup("head_one", self.head_one),
+                ParamGroup("mixer", self.mix_block, lr=self.mixer_lr, min_lr=self.mixer_min_lr)]
 
-    def begin(self, step: int) -> None:
-        self._step = step
-        self.m = momentum_at(step, self.ctx.total_steps, self.momentum, self.momentum_end, self.momentum_warmup)
-
-    def after_step(self, step: int) -> None:
+    def on_step_end(self, step: int) -> None:
         """θ_k ← m θ_k + (1 − m) θ_q for the backbone and the mixup head (BN statistics stay f_k's own)."""
-        self.begin(step)
-        self.momentum_ema.decay = self.m
-        self.momentum_ema.update(unwrap(self.model))
+        self.momentum_teacher.update(self.model, step)
 
-    def extra_modules(self) -> dict[str, nn.Module]:
-        return {"head_one": self.head_one, "momentum_encoder": self.momentum_encoder, "mix_block": self.mix_block}
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        return {"momentum": self.momentum_encoder}
-
-    mixes = True  # the backbone-side learned mix
+    def classifiers(self) -> dict[str, nn.Module]:
+        return {"": self.model, "momentum": self.momentum_encoder}
 
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
         n = x.shape[0]
@@ -217,7 +203,7 @@ class AutoMix(Method):
             "kind": "mixbench-mixer", "version": MIXER_FILE_VERSION, "method": type(self).__name__.lower(),
             "mixer_config": dict(self.mix_block.config), "mixer": self.mix_block.state_dict(),
             "feature_stage": self.feature_stage, "encoder_spec": dict(self.ctx.model_spec),
-            "encoder": encoder_state(unwrap(self.momentum_encoder).backbone, self.feature_stage),
+            "encoder": encoder_state(self.momentum_encoder.backbone, self.feature_stage),
         }}
 
 

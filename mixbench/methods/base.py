@@ -1,10 +1,11 @@
 """What every method provides to the engine.
 
-A method owns one training step, ``step(*batch) -> {"loss": ..., other named terms}``, and says
-which parameters it trains; the engine owns the loop, optimiser, schedule, precision,
-logging, checkpoints and evaluation. Optional hooks let a method keep its own modules (a learned
-Mixer, a momentum encoder), update them after each optimiser step, have extra models evaluated
-(reported as ``<name>_top1``), write files beside the checkpoint, and show its mixes.
+A method is an ``nn.Module`` that owns every module it trains or keeps (the classifier, extra
+heads, a learned Mixer, a momentum encoder, a teacher), so that ``state_dict()`` is the whole
+trained state and DistributedDataParallel, wrapping the method, averages every gradient. Its
+``forward(batch)`` is one training step's loss, ``{"loss": ..., other 0-d terms}``, on the batch it
+declares (``batch``: labelled; labelled + unlabelled; N views). The engine owns the loop,
+optimiser, schedule, precision, DDP, logging, checkpoints and evaluation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mixbench.data.batches import BatchSpec, LabelledBatch
 from mixbench.mixing.base import MixOutput, MixRNG
 from mixbench.params import Param
 from mixbench.registry import Registry
@@ -27,8 +29,8 @@ METHODS = Registry("method")
 class MethodContext:
     """What a method may need to know about the run it belongs to."""
 
-    model: nn.Module  # the Classifier being trained
-    loss: Callable[..., torch.Tensor]  # (logits, y_a, y_b=None, lam=None) -> scalar
+    model: nn.Module  # the Classifier to train (backbone + linear head); the method owns it
+    loss: Callable[..., torch.Tensor]  # (logits, y_a, y_b=None, lam=None, weight=None) -> scalar
     num_classes: int
     device: torch.device
     rng: MixRNG
@@ -41,56 +43,62 @@ class MethodContext:
         return self.epochs * self.steps_per_epoch
 
 
-class Method:
-    """Base class: subclasses implement ``step``; override the rest only when needed."""
+@dataclass
+class ParamGroup:
+    """Parameters the optimiser updates, with their own settings (``None``: the ``[train]`` value).
+
+    ``lr`` / ``min_lr``: this group's peak and final learning rate on the shared schedule;
+    ``fixed_lr``: a constant learning rate outside the schedule; ``weight_decay``: its own decay.
+    """
+
+    name: str
+    module: nn.Module
+    lr: float | None = None
+    min_lr: float | None = None
+    weight_decay: float | None = None
+    fixed_lr: float | None = None
+
+
+class Method(nn.Module):
+    """Base class: subclasses implement ``forward``; override the rest only when needed."""
+
+    params: ClassVar[dict[str, Param]] = {}  # the [method] keys besides name
+    differs: ClassVar[str] = ""  # one sentence: how it differs from the reference implementation
+    batch: ClassVar[BatchSpec] = LabelledBatch()  # what the loader feeds ``forward``
+    mixes: ClassVar[bool] = False  # trains on mixed batches: ``mix_preview`` returns them
+    may_skip_params: ClassVar[bool] = False  # some steps leave a trained module unused (DDP must look for them)
 
     def __init__(self, ctx: MethodContext, **values: Any):
+        super().__init__()
         self.ctx = ctx
         self.model = ctx.model
+        self.global_step = 0  # optimiser steps taken before the current one; the engine sets it
         unknown = set(values) - set(self.params)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown parameters {sorted(unknown)}")
         for key, param in self.params.items():  # each declared [method] key becomes an attribute
             setattr(self, key, values.get(key, param.default))
 
-    scenario: ClassVar[str] = "supervised"  # which loader feeds ``step``: supervised (x, y) or semisup (SemiBatch)
-    params: ClassVar[dict[str, Param]] = {}  # the [method] keys besides name
-    differs: ClassVar[str] = ""  # one sentence: how it differs from the reference implementation
-
     @classmethod
     def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
         """Problems that involve more than one parameter (each a sentence naming the key)."""
         return []
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # abstract: every registered method overrides it
+    def param_groups(self) -> list[ParamGroup]:
+        """What the optimiser trains, one named group per module (by default the classifier)."""
+        return [ParamGroup("model", self.model)]
 
-    def trainable(self) -> list[nn.Module]:
-        """Modules whose parameters the engine's optimiser updates.
+    def on_step_end(self, step: int) -> None:
+        """After every optimiser step, with the new global step (momentum updates)."""
 
-        A module may carry ``group_lr`` / ``group_min_lr`` attributes: its parameter group then
-        follows the same schedule shape between those values instead of ``[train].lr/min_lr``.
-        """
-        return [self.model]
+    def encoder(self) -> nn.Module:
+        """The backbone that representation evaluation (linear probe, kNN, transfer) uses."""
+        return self.model.backbone
 
-    def begin(self, step: int) -> None:
-        """Called once before training starts or resumes, with the global step it starts from."""
-
-    def after_step(self, step: int) -> None:
-        """Called after every optimiser step with the new global step (momentum updates)."""
-
-    def eval_model(self) -> nn.Module:
-        """The model whose accuracy is the run's ``top1`` (the trained model; FixMatch: its EMA teacher)."""
-        return self.model
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Extra models to evaluate each time the model is, reported as ``<name>_top1``/``_top5``."""
-        return {}
-
-    @property
-    def mixes(self) -> bool:
-        """Whether this method trains on mixed batches (then ``mix_preview`` returns them)."""
-        return False
+    def classifiers(self) -> dict[str, nn.Module]:
+        """Image classifiers whose accuracy is reported: the first is the run's ``top1``, the
+        others ``<name>_top1`` (e.g. FixMatch's teacher first, then ``student``)."""
+        return {"": self.model}
 
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
         """The mixed batch this method trains on, without gradients (cost probe, saved grids);
@@ -99,10 +107,6 @@ class Method:
 
     def export(self) -> dict[str, Any]:
         """Files to write beside the checkpoint: ``{file name: object for torch.save}``."""
-        return {}
-
-    def extra_modules(self) -> dict[str, nn.Module]:
-        """Modules besides the model that belong in the checkpoint (e.g. a learned mixer)."""
         return {}
 
     def describe(self) -> dict[str, Any]:

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.engine.ema import EMA
-from mixbench.methods.automix import momentum_at
-from mixbench.methods.base import Method, MethodContext
+from mixbench.data.batches import SemiSupervisedBatch
+from mixbench.data.semisup import SemiBatch
+from mixbench.engine.momentum import MomentumTeacher
+from mixbench.methods.base import METHODS, Method, MethodContext, ParamGroup
 from mixbench.mixing.base import blend
-from mixbench.mixing.features import eval_mode, unwrap
+from mixbench.mixing.features import eval_mode
 from mixbench.params import Param
 
 FIXMATCH_PARAMS: dict[str, Param] = {
@@ -51,20 +52,24 @@ def pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor,
     return label, (conf >= threshold).float(), conf
 
 
+@METHODS.register("fixmatch")
 class FixMatch(Method):
     """FixMatch: thresholded pseudo-labels from the weak view train the strong view (EMA teacher)."""
 
-    scenario: ClassVar[str] = "semisup"
+    batch = SemiSupervisedBatch()
     params: ClassVar[dict[str, Param]] = FIXMATCH_PARAMS
     differs: ClassVar[str] = ("pseudo-labels from the EMA teacher by default (DMixMatch's setting); "
                               "pseudo_from = 'student' for TorchSSL's")
 
     def __init__(self, ctx: MethodContext, **values: Any):
         super().__init__(ctx, **values)
-        self.teacher_ema = EMA(unwrap(ctx.model), self.teacher_momentum)
-        self.teacher = self.teacher_ema.module
-        self.m = self.teacher_momentum
-        self._step = 0
+        self.teacher_ema = MomentumTeacher(self.model, self.teacher_momentum, self.teacher_momentum_end,
+                                           self.teacher_warmup, ctx.total_steps)
+
+    @property
+    def teacher(self) -> nn.Module:
+        """θ_t: the EMA copy of the classifier (backbone and head, BN statistics copied)."""
+        return self.teacher_ema.module
 
     def _pseudo(self, u_w: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -85,34 +90,21 @@ class FixMatch(Method):
                  "pseudo_acc": ((y_hat == u_y).float() * mask).sum().detach() / mask.sum().clamp(min=1)}
         return terms, weak
 
-    def step(self, x_l, y_l, u_w, u_s, u_y) -> dict[str, torch.Tensor]:
-        terms, _ = self.fixmatch_terms(x_l, y_l, u_w, u_s, u_y)
+    def forward(self, batch: SemiBatch) -> dict[str, torch.Tensor]:
+        terms, _ = self.fixmatch_terms(*batch)
         return {"loss": terms["loss_sup"] + self.unlabeled_weight * terms["loss_unsup"], **terms}
 
-    # ------------------------------------------------------------ engine hooks
-
-    def begin(self, step: int) -> None:
-        self._step = step
-        self.m = momentum_at(step, self.ctx.total_steps, self.teacher_momentum, self.teacher_momentum_end,
-                             self.teacher_warmup)
-
-    def after_step(self, step: int) -> None:
+    def on_step_end(self, step: int) -> None:
         """θ_t ← m θ_t + (1 − m) θ for the backbone and the head; BN statistics copied."""
-        self.begin(step)
-        self.teacher_ema.decay = self.m
-        self.teacher_ema.update(unwrap(self.model))
+        self.teacher_ema.update(self.model, step)
 
-    def eval_model(self) -> nn.Module:
-        return self.teacher
+    def encoder(self) -> nn.Module:
+        return self.teacher.backbone
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        return {"student": self.model}
+    def classifiers(self) -> dict[str, nn.Module]:
+        return {"": self.teacher, "student": self.model}
 
-    def extra_modules(self) -> dict[str, nn.Module]:
-        return {"teacher": self.teacher}
-
-
-
+@METHODS.register("dmixmatch")
 class DMixMatch(FixMatch):
     """DMixMatch: FixMatch plus a mixup head trained with the [loss] (DM) on labelled/unlabelled mixes."""
 
@@ -121,7 +113,7 @@ class DMixMatch(FixMatch):
 
     def __init__(self, ctx: MethodContext, **values: Any):
         super().__init__(ctx, **values)
-        self.head_mix = nn.Linear(unwrap(ctx.model).backbone.num_features, ctx.num_classes).to(ctx.device)
+        self.head_mix = nn.Linear(self.model.backbone.num_features, ctx.num_classes).to(ctx.device)
 
     def _lam(self) -> float:
         lam = float(self.ctx.rng.np.beta(self.mix_alpha, self.mix_alpha))
@@ -130,17 +122,18 @@ class DMixMatch(FixMatch):
     def lu_weight(self) -> float:
         if self.mix_lu_ramp == "constant":
             return self.mix_lu_weight
-        t = min(self._step / max(1, self.ctx.total_steps), 1.0)
+        t = min(self.global_step / max(1, self.ctx.total_steps), 1.0)
         return self.mix_lu_weight * (1 - math.cos(math.pi * t)) / 2
 
     def _mix_loss(self, x_mix, y_a, y_b, lam, weight: float, sample_weight=None) -> torch.Tensor:
-        feats = unwrap(self.model).forward_features(x_mix)
+        feats = self.model.forward_features(x_mix)
         if weight < 1e-3:  # a negligible term must not move the backbone
             feats = feats.detach()
         return weight * self.ctx.loss(self.head_mix(feats), y_a, y_b, lam, weight=sample_weight)
 
-    def step(self, x_l, y_l, u_w, u_s, u_y) -> dict[str, torch.Tensor]:
-        terms, weak = self.fixmatch_terms(x_l, y_l, u_w, u_s, u_y)
+    def forward(self, batch: SemiBatch) -> dict[str, torch.Tensor]:
+        x_l, y_l, u_w, _, _ = batch
+        terms, weak = self.fixmatch_terms(*batch)
         b, dev = x_l.shape[0], x_l.device
         lam_ll = torch.full((b,), self._lam(), device=dev)
         index = self.ctx.rng.permutation(b, dev)
@@ -152,8 +145,5 @@ class DMixMatch(FixMatch):
         loss = terms["loss_sup"] + self.unlabeled_weight * terms["loss_unsup"] + loss_ll + loss_lu
         return {"loss": loss, **terms, "loss_ll": loss_ll.detach(), "loss_lu": loss_lu.detach()}
 
-    def trainable(self) -> list[nn.Module]:
-        return [self.model, self.head_mix]
-
-    def extra_modules(self) -> dict[str, nn.Module]:
-        return {"teacher": self.teacher, "head_mix": self.head_mix}
+    def param_groups(self) -> list[ParamGroup]:
+        return [*super().param_groups(), ParamGroup("head_mix", self.head_mix)]

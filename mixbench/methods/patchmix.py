@@ -8,15 +8,14 @@ with F the final feature map of the mixed batch, h the image classifier applied 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.methods.base import MethodContext
-from mixbench.methods.supervised import Supervised
-from mixbench.mixing.features import unwrap
+from mixbench.methods.base import METHODS, MethodContext, ParamGroup
+from mixbench.methods.supervised import PROB, Supervised
 from mixbench.mixing.patchmix import PatchMix, patch_loss, patch_targets
 from mixbench.params import Param
 
@@ -26,21 +25,26 @@ LOSS_PARAMS: dict[str, Param] = {
 }
 
 
+@METHODS.register("patchmix", mixer=PatchMix)
 class PatchMixMethod(Supervised):
     """PatchMix (mixbench reconstruction): grid compositions of pairs, patch-level losses, random or evolved."""
 
     mixer_cls = PatchMix
+    mixes = True
+    may_skip_params = True  # the origin head sits out the steps that the prob draw leaves unmixed
+    params: ClassVar[dict[str, Param]] = {**PatchMix.params, "prob": PROB, **LOSS_PARAMS}
+    differs: ClassVar[str] = PatchMix.differs
+    check = PatchMix.check
 
-    def __init__(self, ctx: MethodContext, prob: float = 1.0, patch_weight: float = 1.0, origin_weight: float = 0.0,
-                 **params: Any):
-        super().__init__(ctx, prob=prob, **params)
+    def __init__(self, ctx: MethodContext, patch_weight: float = 1.0, origin_weight: float = 0.0, **params: Any):
+        super().__init__(ctx, **params)
         self.patch_weight, self.origin_weight = patch_weight, origin_weight
-        features = unwrap(ctx.model).backbone.num_features
+        features = self.model.backbone.num_features
         self.origin_head = nn.Linear(features, 1).to(ctx.device) if origin_weight > 0 else None
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        mix = self.mix(x, y)
-        model = unwrap(self.model)
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mix = self.mix(*batch)
+        model = self.model
         fmap = model.backbone.forward_map(mix.x)
         loss_img = self.ctx.loss(model.head(model.backbone.pool(fmap)), mix.y_a, mix.y_b, mix.lam)
         out = {"loss_img": loss_img.detach()}
@@ -57,12 +61,9 @@ class PatchMixMethod(Supervised):
             out["loss_origin"] = loss_origin.detach()
         return {"loss": loss, **out}
 
-    def trainable(self) -> list[nn.Module]:
-        return [self.model] + ([self.origin_head] if self.origin_head is not None else [])
-
-    def extra_modules(self) -> dict[str, nn.Module]:
-        return {"origin_head": self.origin_head} if self.origin_head is not None else {}
+    def param_groups(self) -> list[ParamGroup]:
+        heads = [ParamGroup("origin_head", self.origin_head)] if self.origin_head is not None else []
+        return [*super().param_groups(), *heads]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "patch_weight": self.patch_weight, "origin_weight": self.origin_weight}
-

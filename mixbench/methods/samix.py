@@ -12,12 +12,14 @@ import dataclasses
 from typing import ClassVar
 
 from mixbench.methods.automix import AUTOMIX_PARAMS, AutoMix
+from mixbench.methods.base import METHODS
 from mixbench.params import Param
 
 SAMIX_DEFAULTS = {"lam_encoding": "mul", "lam_mul_k": 0.25, "value_net": "convneck", "qk": "concat",
                   "upsample": "bilinear", "mask_var_weight": 2.0, "eta": 0.5}
 
 
+@METHODS.register("samix")
 class SAMix(AutoMix):
     """SAMix: the label-free Mixer with λ scaling, mixing attention and the η-balanced loss."""
 

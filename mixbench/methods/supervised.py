@@ -6,28 +6,30 @@ With ``prob`` < 1 a batch is mixed with probability ``prob`` and left clean othe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from mixbench.methods.base import METHODS, Method, MethodContext
+from mixbench.mixing import FILE_MIXERS, MIXERS
 from mixbench.mixing.base import Mixer, MixOutput, MixRNG, forward_mixed, identity_mix
 from mixbench.params import Param
 
 PROB = Param("float", 1.0, "chance that a batch is mixed at all", low=0, high=1)
 
 
+@METHODS.register("vanilla", doc="plain supervised training, no mixing")
 class Supervised(Method):
-    """Plain supervised training; with ``mixer`` set, batches are mixed first."""
+    """Plain supervised training; with ``mixer_cls`` set, batches are mixed first."""
 
-    mixer_cls: type[Mixer] | None = None
+    mixer_cls: ClassVar[type[Mixer] | None] = None
 
-    def __init__(self, ctx: MethodContext, prob: float = 1.0, **params: Any):
-        super().__init__(ctx)
-        self.prob = prob
-        self.mixer = self.mixer_cls(**params) if self.mixer_cls is not None else None
+    def __init__(self, ctx: MethodContext, **values: Any):
+        super().__init__(ctx, **values)
+        self.prob = values.pop("prob", 1.0)
+        self.mixer = self.mixer_cls(**values) if self.mixer_cls is not None else None
         if self.mixer is not None and self.mixer.needs_model:
-            self.mixer.bind(ctx.model, ctx.device)
+            self.mixer.bind(self.model, ctx.device)
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> MixOutput:
         """The mixer's output, or the clean batch (λ = 1) when the ``prob`` draw says no."""
@@ -35,7 +37,8 @@ class Supervised(Method):
             return identity_mix(x, y)
         return self.mixer(x, y, self.ctx.rng)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
         if self.mixer is None:
             return {"loss": self.ctx.loss(self.model(x), y)}
         mix = self.mix(x, y)
@@ -44,10 +47,6 @@ class Supervised(Method):
         if getattr(self.mixer, "clean_loss", False):  # a mixer may ask for CE on the clean batch too
             loss = loss + self.ctx.loss(self.model(x), y)
         return {"loss": loss}
-
-    @property
-    def mixes(self) -> bool:
-        return self.mixer is not None
 
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
         if self.mixer is None:
@@ -61,9 +60,19 @@ class Supervised(Method):
         return {**self.mixer.describe(), "prob": self.prob}
 
 
-def register_mixer(name: str, mixer_cls: type[Mixer]) -> None:
-    """Register ``mixer_cls`` as the supervised method ``name`` (its doc's first line is the doc)."""
-    method_cls = type(f"Supervised_{name}", (Supervised,), {"mixer_cls": mixer_cls})
+def supervised_method(name: str, mixer_cls: type[Mixer]) -> type[Supervised]:
+    """The supervised method that trains on ``mixer_cls``'s mixes, registered as ``name``.
+
+    Its ``[method]`` keys are the mixer's plus ``prob``; its doc and ``differs`` are the mixer's.
+    """
     doc = (mixer_cls.__doc__ or name).strip().splitlines()[0]
-    METHODS.register(name, doc=doc, params={**mixer_cls.params, "prob": PROB}, check=mixer_cls.check,
-                     differs=mixer_cls.differs, mixer=mixer_cls)(method_cls)
+    attrs = {"mixer_cls": mixer_cls, "mixes": True, "params": {**mixer_cls.params, "prob": PROB},
+             "check": mixer_cls.check, "differs": mixer_cls.differs, "__doc__": doc}
+    return METHODS.register(name, mixer=mixer_cls)(type(f"Supervised_{name}", (Supervised,), attrs))
+
+
+for _entry in MIXERS:  # every mixer is a supervised method of the same name (patchmix has its own file)
+    if _entry.name != "patchmix":
+        supervised_method(_entry.name, _entry.factory)
+for _name, _cls in FILE_MIXERS.items():  # samixp: a frozen pre-trained Mixer loaded from a file
+    supervised_method(_name, _cls)

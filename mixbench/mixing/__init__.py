@@ -1,7 +1,7 @@
 """Sample-mixing policies: batched tensor functions of a batch and a random generator.
 
 Every mixer returns a :class:`MixOutput` with the mixed images and all a loss needs. A new
-mixer is one file and one line below.
+mixer is one file whose class carries ``@MIXERS.register()``, and one import below.
 """
 
 from __future__ import annotations
@@ -26,11 +26,7 @@ from mixbench.mixing.samixp import SAMixP
 from mixbench.mixing.smoothmix import SmoothMix
 from mixbench.mixing.switch import Switch, switch_params
 
-for _cls in (Mixup, CutMix, ManifoldMix, FMix, SaliencyMix, SmoothMix, GridMix, ResizeMix, AttentiveMix,
-             PuzzleMix, PatchMix):
-    MIXERS.register(_cls.name, doc=(_cls.__doc__ or _cls.name).strip().splitlines()[0])(_cls)
-Switch.params = switch_params()
-MIXERS.register("switch", doc=Switch.__doc__.strip().splitlines()[0])(Switch)
+Switch.params = switch_params()  # every mixer module above has registered its mixer by now
 
 # Mixers that need a file (a pre-trained Mixer): not in MIXERS, whose entries all build from defaults.
 FILE_MIXERS: dict[str, type[Mixer]] = {"samixp": SAMixP}

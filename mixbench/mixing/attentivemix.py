@@ -13,12 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, masked_mix, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    masked_mix,
+    sample_lambda,
+    to_device,
+)
 from mixbench.mixing.features import FEATURES_FROM, activation_map, resolve_source
 from mixbench.mixing.fmix import top_k_mask
 from mixbench.params import Param
 
 
+@MIXERS.register()
 class AttentiveMix(Mixer):
     """AttentiveMix: keep the most activated grid cells of each image, fill the rest from its pair."""
 

@@ -50,13 +50,15 @@ class MixRNG:
 
     Host-side draws cost no device synchronisation; device draws (the pairing permutation,
     FMix spectra) use a ``torch.Generator`` on the batch's device. Both states go into
-    checkpoints.
+    checkpoints. Under torchrun every process draws the same host-side values (one λ per
+    global batch) and its own device draws (``rank`` offsets the torch seed), so each process
+    pairs the images of its own slice of the batch.
     """
 
-    def __init__(self, seed: int, device: torch.device):
+    def __init__(self, seed: int, device: torch.device, rank: int = 0):
         self.np = np.random.Generator(np.random.PCG64(seed))
         self.torch = torch.Generator(device=device)
-        self.torch.manual_seed(seed)
+        self.torch.manual_seed(seed + 7919 * rank)
 
     def permutation(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randperm(n, device=device, generator=self.torch)

@@ -11,6 +11,7 @@ import torch
 
 from mixbench.mixing.base import (
     LAM_MODE,
+    MIXERS,
     Mixer,
     MixOutput,
     MixRNG,
@@ -50,6 +51,7 @@ def box_mask(boxes: tuple[np.ndarray, ...], h: int, w: int, device: torch.device
     return (~inside_box(y0, y1, x0, x1, h, w)).float()
 
 
+@MIXERS.register()
 class CutMix(Mixer):
     """CutMix: paste a random box from the paired image; λ = realised area of the first image."""
 

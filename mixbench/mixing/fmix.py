@@ -14,6 +14,7 @@ import torch
 
 from mixbench.mixing.base import (
     LAM_MODE,
+    MIXERS,
     Mixer,
     MixOutput,
     MixRNG,
@@ -45,6 +46,7 @@ def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (ranks < k.view(-1, 1)).float()
 
 
+@MIXERS.register()
 class FMix(Mixer):
     """FMix: binarised low-frequency Fourier noise as the mask; λ = kept area."""
 

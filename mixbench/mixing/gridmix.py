@@ -12,7 +12,17 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, masked_mix, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    masked_mix,
+    sample_lambda,
+    to_device,
+)
 
 
 def grid_holes(geometry: dict[str, np.ndarray], h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -44,6 +54,7 @@ def draw_geometry(rng: MixRNG, lam: np.ndarray, h: int, w: int) -> dict[str, np.
             "offset": (cell - hole) // 2}
 
 
+@MIXERS.register()
 class GridMix(Mixer):
     """GridMix (holes variant): a grid of square holes filled from the paired image."""
 

@@ -13,10 +13,21 @@ import torch
 from torch import nn
 
 from mixbench.errors import UserError
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, blend, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    blend,
+    sample_lambda,
+    to_device,
+)
 from mixbench.params import Param
 
 
+@MIXERS.register()
 class ManifoldMix(Mixer):
     """ManifoldMix: Mixup of hidden states at a backbone stage drawn per batch."""
 

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import torch
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, blend, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    blend,
+    sample_lambda,
+    to_device,
+)
 
 
+@MIXERS.register()
 class Mixup(Mixer):
     """Mixup: convex combination of image pairs, λ ~ Beta(α, α)."""
 

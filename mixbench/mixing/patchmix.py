@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mixbench.mixing.base import Mixer, MixOutput, MixRNG
+from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG
 from mixbench.mixing.features import eval_mode, unwrap
 from mixbench.params import Param
 
@@ -161,6 +161,7 @@ def random_pairings(p: int, n: int, gen: torch.Generator, device: torch.device) 
     return torch.rand(p, n, device=device, generator=gen).argsort(dim=1)
 
 
+@MIXERS.register()
 class PatchMix(Mixer):
     """PatchMix (mixbench reconstruction): g x g grid compositions of image pairs, random or evolved."""
 

@@ -20,7 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, masked_mix, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    masked_mix,
+    sample_lambda,
+    to_device,
+)
 from mixbench.mixing.features import FEATURES_FROM, input_saliency, resolve_source
 from mixbench.params import Param
 
@@ -193,6 +203,7 @@ def _pool_norm(sal: torch.Tensor, t: int) -> torch.Tensor:
     return pooled / pooled.sum(dim=(1, 2), keepdim=True).clamp_min(EPS)
 
 
+@MIXERS.register()
 class PuzzleMix(Mixer):
     """PuzzleMix: saliency-guided block masks with a smoothness prior and block transport."""
 

@@ -12,7 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, masked_mix, per_sample, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    masked_mix,
+    per_sample,
+    to_device,
+)
 from mixbench.mixing.cutmix import inside_box
 from mixbench.params import Param
 
@@ -34,6 +44,7 @@ def paste_resized(source: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, x0: 
     return source.flatten(2).gather(2, flat).view(n, c, h, w)
 
 
+@MIXERS.register()
 class ResizeMix(Mixer):
     """ResizeMix: paste the whole paired image, shrunk to a random box; λ = kept area."""
 

@@ -12,7 +12,17 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, masked_mix, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    masked_mix,
+    sample_lambda,
+    to_device,
+)
 from mixbench.mixing.cutmix import inside_box
 
 
@@ -49,6 +59,7 @@ def fine_grained_saliency(x: torch.Tensor, radii: tuple[int, ...] = (1, 2, 4, 8)
     return sal[:, 0]
 
 
+@MIXERS.register()
 class SaliencyMix(Mixer):
     """SaliencyMix: CutMix with the box centred on the pasted image's saliency peak."""
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, masked_mix, to_device
+from mixbench.mixing.base import LAM_MODE, MIXERS, Mixer, MixOutput, MixRNG, masked_mix, to_device
 from mixbench.params import Param
 
 
@@ -25,6 +25,7 @@ def gaussian_masks(cy: torch.Tensor, cx: torch.Tensor, sigma: torch.Tensor, h: i
     return torch.exp(-d2 / (2 * sigma.view(-1, 1, 1) ** 2)).unsqueeze(1)
 
 
+@MIXERS.register()
 class SmoothMix(Mixer):
     """SmoothMix: a soft Gaussian blob of the paired image; λ = 1 − mean(blob)."""
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from mixbench.errors import did_you_mean
 from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG
-from mixbench.params import Param, check_table
+from mixbench.params import Param, check_table, resolve_paths
 
 
 def switch_params() -> dict[str, Param]:
@@ -29,6 +29,7 @@ def switch_params() -> dict[str, Param]:
     return params
 
 
+@MIXERS.register()
 class Switch(Mixer):
     """Switch: draw one of several mixers per batch with given probabilities."""
 
@@ -37,8 +38,6 @@ class Switch(Mixer):
 
     @classmethod
     def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
-        from mixbench.recipe import resolve_paths
-
         problems: list[str] = []
         names, probs = values.get("mixers", []), values.get("probs", [])
         src = origin.get("mixers", "recipe")
