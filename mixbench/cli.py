@@ -118,12 +118,15 @@ def run(
             return
         dev = resolve_device(device.value)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun, which runs this command per process
-            from mixbench.engine.distributed import DistInfo
+            from mixbench.engine.build import check_batch_layout
             from mixbench.engine.launch import launch
 
-            DistInfo(world_size=nproc).per_device_batch(r.train["batch_size"])
+            check_batch_layout(r, nproc)
             RunDir.check(out, r.name, r.run_id(), resume=resume, overwrite=overwrite)
-            raise typer.Exit(launch(nproc, sys.argv[1:], run_dir))
+            args = [str(recipe), "--out", str(out), "--device", device.value,
+                    *[a for text in overrides for a in ("--set", text)],
+                    *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
+            raise typer.Exit(launch(nproc, args, run_dir))
         result = fit(r, out_root=out, device=dev, resume=resume, overwrite=overwrite,
                      command_line=sys.argv)
         if not _is_main_rank():

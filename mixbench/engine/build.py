@@ -72,6 +72,16 @@ class Run:
                 "classifier_prefix": module_prefix(self.method, classifier)}
 
 
+def check_batch_layout(recipe: Recipe, world_size: int) -> None:
+    """The global batch must divide over the processes, into even slices for a mixing method."""
+    batch_size = recipe.train["batch_size"]
+    per_rank = DistInfo(world_size=world_size).per_device_batch(batch_size)
+    if world_size > 1 and METHODS.get(recipe.method["name"]).mixes and per_rank % 2:
+        raise UserError(f"[train].batch_size = {batch_size} over {world_size} processes gives {per_rank} images "
+                        "per process, an odd number: a mixing method pairs images within each process's batch; "
+                        f"use a multiple of {2 * world_size}")
+
+
 def build_run(recipe: Recipe, device: torch.device, dist: DistInfo) -> Run:
     """Assemble data, model, method, optimiser and schedule for ``recipe`` on ``device``."""
     tcfg = recipe.train
@@ -82,11 +92,7 @@ def build_run(recipe: Recipe, device: torch.device, dist: DistInfo) -> Run:
 
     method_cls = METHODS.get(recipe.method["name"])
     batch_size = tcfg["batch_size"]
-    per_rank = dist.per_device_batch(batch_size)
-    if dist.enabled and method_cls.mixes and per_rank % 2:
-        raise UserError(f"[train].batch_size = {batch_size} over {dist.world_size} processes gives {per_rank} "
-                        "images per process, an odd number: a mixing method pairs images within each process's "
-                        "batch; use a global batch that divides into even per-process batches")
+    check_batch_layout(recipe, dist.world_size)
     train_loader, test_loader, info = build_loaders(
         DataConfig(**recipe.data), device=device, batch_size=batch_size, eval_batch_size=recipe.eval["batch_size"],
         generator=loader_gen, channels_last=tcfg["channels_last"], batch=method_cls.batch,

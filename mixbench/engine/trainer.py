@@ -25,7 +25,7 @@ import torch.distributed as torch_dist
 
 from mixbench.checkpoint import CHECKPOINT_KIND, CHECKPOINT_VERSION, read_checkpoint
 from mixbench.engine.build import Run, build_run
-from mixbench.engine.distributed import DistInfo, any_rank, device_for, rank0_first, setup, teardown
+from mixbench.engine.distributed import DistInfo, all_reduce_sum, any_rank, device_for, rank0_first, setup, teardown
 from mixbench.engine.progress import Reporter, make_reporter
 from mixbench.engine.seeding import global_rng_state, set_global_rng_state
 from mixbench.engine.stopping import Interrupted, StopFlag
@@ -169,6 +169,9 @@ class Trainer:
             if self._stop_now(stop, i == steps or i % log_every == 0):
                 raise Interrupted
         train_s = time.perf_counter() - t0
+        if run.dist.enabled:  # the epoch means over every process's images: one all-reduce per epoch
+            packed = all_reduce_sum(torch.stack([loss_sum, *term_sums.values()]), run.dist) / run.dist.world_size
+            loss_sum, term_sums = packed[0], dict(zip(term_sums, packed[1:], strict=True))
         record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum.item() / steps, "lr": lr,
                                   "top1": None, "top5": None, "epoch_seconds": train_s,
                                   "images_per_s": steps * images / train_s}

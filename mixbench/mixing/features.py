@@ -8,7 +8,6 @@ extra passes never touch BatchNorm statistics or parameter gradients.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +17,6 @@ from torch import nn
 
 from mixbench.errors import UserError
 from mixbench.params import Param
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FEATURES_FROM = Param("path", None, "run folder (or its checkpoint.pt) of a frozen feature model; "
                       "default: the model being trained", optional=True)
@@ -44,29 +38,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def load_feature_model(path: str | Path, device: torch.device) -> nn.Module:
-    """A frozen Classifier rebuilt from a mixbench run folder or its ``checkpoint.pt``."""
-    from mixbench.models import build_model
+    """A frozen Classifier rebuilt from a mixbench run folder or its ``checkpoint.pt`` (the checkpoint alone)."""
+    from mixbench.checkpoint import read_checkpoint
 
-    path = Path(path)
-    ckpt_path = path / "checkpoint.pt" if path.is_dir() else path
-    recipe_path = ckpt_path.parent / "recipe.toml"
-    if not ckpt_path.is_file() or not recipe_path.is_file():
-        raise UserError(f"[method].features_from: {path} is not a mixbench run (needs checkpoint.pt "
-                        "and recipe.toml side by side)")
-    try:
-        model_cfg = tomllib.loads(recipe_path.read_text(encoding="utf-8")).get("model", {})
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"]
-        num_classes = state["head.weight"].shape[0]
-        model = build_model(model_cfg.get("name", "resnet18_cifar"), num_classes,
-                            width=model_cfg.get("width", 1.0))
-        model.load_state_dict(state)
-    except UserError:
-        raise
-    except Exception as e:  # unreadable or foreign files
-        raise UserError(f"[method].features_from: cannot load a model from {ckpt_path} "
-                        f"({type(e).__name__}: {e})") from None
-    model.requires_grad_(False)
-    return model.to(device).eval()
+    return read_checkpoint(path, "[method].features_from").build_classifier().to(device)
 
 
 def resolve_source(features_from: str | None, model: nn.Module, device: torch.device) -> nn.Module:

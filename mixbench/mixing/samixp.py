@@ -22,6 +22,7 @@ from mixbench.params import Param
 def load_mixer_file(path: str | Path) -> tuple[torch.nn.Module, MixBlock, int, dict[str, Any]]:
     """(frozen encoder backbone, frozen Mixer, feature stage, encoder spec) from a ``mixer.pt``
     or the run folder holding it."""
+    from mixbench.checkpoint import load_file
     from mixbench.models import build_backbone
 
     path = Path(path)
@@ -36,10 +37,7 @@ def load_mixer_file(path: str | Path) -> tuple[torch.nn.Module, MixBlock, int, d
     if not file.is_file():
         raise UserError(f"{where}: {file} not found; give a run folder of an automix or samix run "
                         "or its mixer.pt")
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise UserError(f"{where}: cannot read {file} ({type(e).__name__})") from None
+    obj = load_file(file, where)
     if not isinstance(obj, dict) or obj.get("kind") != "mixbench-mixer":
         raise UserError(f"{where}: {file} is not a mixbench mixer.pt (written by automix or samix runs)")
     spec = obj["encoder_spec"]

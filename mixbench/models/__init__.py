@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from mixbench.errors import UserError
 from mixbench.models.base import Backbone, Classifier
 from mixbench.models.preact_resnet import preactresnet18, wrn28_8
@@ -74,20 +72,19 @@ def build_model(name: str, num_classes: int, *, width: float = 1.0, in_chans: in
 
 
 def load_weights(model: Classifier, path: str | Path) -> None:
-    """Load a backbone state_dict, a Classifier state_dict, or a checkpoint with a ``model`` key.
+    """Load a backbone state_dict, a Classifier state_dict, or a mixbench checkpoint (its encoder and head).
 
     The backbone must match exactly; the head is loaded only when its shape matches (a new
     number of classes keeps the fresh head).
     """
+    from mixbench.checkpoint import CHECKPOINT_KIND, load_file, read_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"[model].weights: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a foreign or truncated file
-        raise UserError(f"[model].weights: cannot read {path} ({type(e).__name__})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = load_file(path, "[model].weights")
+    if isinstance(state, dict) and (state.get("kind") == CHECKPOINT_KIND or isinstance(state.get("model"), dict)):
+        ckpt = read_checkpoint(path, "[model].weights")  # a mixbench run's checkpoint: its encoder and head
+        head = {k: v for k, v in ckpt.classifier_state().items() if k.startswith("head.")}
+        state = {**{f"backbone.{k}": v for k, v in ckpt.backbone_state().items()}, **head}
     if not isinstance(state, dict):
         raise UserError(f"[model].weights: {path} does not hold a state_dict")
     if any(k.startswith("backbone.") for k in state):
