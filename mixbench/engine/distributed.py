@@ -108,10 +108,16 @@ def device_for(info: DistInfo, device: torch.device) -> torch.device:
     return device
 
 
-def teardown(info: DistInfo) -> None:
-    """Destroy the process group if :func:`setup` made it; calling it again does nothing."""
+def teardown(info: DistInfo, barrier: bool = True) -> None:
+    """Destroy the process group if :func:`setup` made it; calling it again does nothing.
+
+    With ``barrier`` (a clean finish) every rank first waits for the others, so that none closes its
+    connections while a peer still talks over them (gloo aborts a process whose peer vanished mid-message).
+    """
     global _OWNS_GROUP
     if _OWNS_GROUP and dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
     _OWNS_GROUP = False
 

@@ -321,11 +321,14 @@ def fit(recipe: Recipe, *, out_root: Path, device: torch.device, resume: bool = 
         command_line: list[str] | None = None, reporter: Reporter | None = None) -> TrainResult:
     """Train ``recipe`` and write its run record below ``out_root`` (see the module docstring)."""
     dist = setup(device.type)
+    clean = False
     try:
-        return _fit(recipe, dist, out_root=Path(out_root), device=device_for(dist, device), resume=resume,
-                    overwrite=overwrite, command_line=command_line, reporter=reporter)
+        result = _fit(recipe, dist, out_root=Path(out_root), device=device_for(dist, device), resume=resume,
+                      overwrite=overwrite, command_line=command_line, reporter=reporter)
+        clean = True
+        return result
     finally:
-        teardown(dist)
+        teardown(dist, barrier=clean)
 
 
 def _fit(recipe: Recipe, dist: DistInfo, *, out_root: Path, device: torch.device, resume: bool, overwrite: bool,

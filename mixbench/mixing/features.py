@@ -22,11 +22,6 @@ FEATURES_FROM = Param("path", None, "run folder (or its checkpoint.pt) of a froz
                       "default: the model being trained", optional=True)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module behind a ``torch.compile`` wrapper."""
-    return getattr(model, "_orig_mod", model)
-
-
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     was_training = model.training
@@ -46,7 +41,7 @@ def load_feature_model(path: str | Path, device: torch.device) -> nn.Module:
 
 def resolve_source(features_from: str | None, model: nn.Module, device: torch.device) -> nn.Module:
     """The network a mixer should look through: a frozen checkpoint, or the trained model."""
-    return load_feature_model(features_from, device) if features_from else unwrap(model)
+    return load_feature_model(features_from, device) if features_from else model
 
 
 @torch.no_grad()

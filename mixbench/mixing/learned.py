@@ -126,9 +126,7 @@ def adjust_mask_mean(s0: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 def stage_features(model: nn.Module, x: torch.Tensor, stage: int) -> torch.Tensor:
     """Output of residual stage ``stage`` (1-based) of a Classifier's backbone; later stages never run."""
     from mixbench.errors import UserError
-    from mixbench.mixing.features import unwrap
 
-    model = unwrap(model)
     backbone = getattr(model, "backbone", model)  # a Classifier or a bare Backbone
     if not getattr(backbone, "supports_stage_hook", False) or not 1 <= stage <= backbone.num_stages:
         raise UserError(f"[method].feature_stage = {stage}: the backbone has no residual stage {stage}; "

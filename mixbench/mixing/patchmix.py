@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG
-from mixbench.mixing.features import eval_mode, unwrap
+from mixbench.mixing.features import eval_mode
 from mixbench.params import Param
 
 SAMPLERS = ("uniform_count", "bernoulli")
@@ -207,7 +207,7 @@ class PatchMix(Mixer):
             if getattr(self, "model", None) is None:
                 raise UserError("[method].grid = 0 needs a model to size the grid; give grid explicitly")
             with torch.no_grad(), eval_mode(self.model):
-                fmap = unwrap(self.model).backbone.forward_map(x[:1])
+                fmap = self.model.backbone.forward_map(x[:1])
             if fmap.dim() != 4:
                 raise UserError("[method].grid = 0: the backbone has no spatial feature map; give grid explicitly")
             self._auto = (tuple(x.shape[-2:]), int(fmap.shape[-1]))
@@ -253,14 +253,14 @@ class PatchMix(Mixer):
             return self._virtual_step_fitness(x, y, mixed.view(p, n, *x.shape[1:]), y_b,
                                               pattern_lambda(patterns, h, w))
         with eval_mode(self.model):
-            fmap = unwrap(self.model).backbone.forward_map(mixed)
-            head = unwrap(self.model).head
+            fmap = self.model.backbone.forward_map(mixed)
+            head = self.model.head
             if self.fitness == "patch_agreement":
                 cells = F.adaptive_avg_pool2d(fmap, g)
                 pred = head(cells.permute(0, 2, 3, 1)).argmax(-1).view(p, n, g, g)
                 target = torch.where(patterns, y.view(1, n, 1, 1), y_b.view(p, n, 1, 1))
                 return (pred == target).float().mean(dim=(1, 2, 3))
-            logits = head(unwrap(self.model).backbone.pool(fmap)).float()
+            logits = head(self.model.backbone.pool(fmap)).float()
         lam = pattern_lambda(patterns, h, w)  # [P, N]
         ce_a = F.cross_entropy(logits, y.repeat(p), reduction="none").view(p, n)
         ce_b = F.cross_entropy(logits, y_b.flatten(), reduction="none").view(p, n)
@@ -289,7 +289,7 @@ class PatchMix(Mixer):
         candidate's mixed batch; per-candidate gradients by ``torch.func`` (vmap over candidates)."""
         from torch.func import functional_call, grad, vmap
 
-        model = unwrap(self.model)
+        model = self.model
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = dict(model.named_buffers())
 

@@ -81,10 +81,12 @@ def load_weights(model: Classifier, path: str | Path) -> None:
 
     path = Path(path)
     state = load_file(path, "[model].weights")
-    if isinstance(state, dict) and (state.get("kind") == CHECKPOINT_KIND or isinstance(state.get("model"), dict)):
+    if isinstance(state, dict) and (state.get("kind") == CHECKPOINT_KIND or state.get("version") == 1):
         ckpt = read_checkpoint(path, "[model].weights")  # a mixbench run's checkpoint: its encoder and head
         head = {k: v for k, v in ckpt.classifier_state().items() if k.startswith("head.")}
         state = {**{f"backbone.{k}": v for k, v in ckpt.backbone_state().items()}, **head}
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):  # another tool's {"model": ...}
+        state = state["model"]
     if not isinstance(state, dict):
         raise UserError(f"[model].weights: {path} does not hold a state_dict")
     if any(k.startswith("backbone.") for k in state):
