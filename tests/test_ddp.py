@@ -142,16 +142,22 @@ def test_batch_layout_errors_name_both_numbers(runs):
     assert not (runs["tmp"] / "bad").exists()
 
 
-def test_sigterm_to_the_launcher_stops_every_rank_as_interrupted(runs):
-    path = write_recipe(runs["tmp"], "long", epochs=200)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = runs["tmp"] / "long-out"
+def start_long_run(tmp: Path, name: str) -> tuple[subprocess.Popen, Path]:
+    """``mixbench run --nproc 2`` of a 200-epoch recipe in the background, once its first epoch is recorded."""
+    path = write_recipe(tmp, name, epochs=200)
+    out = tmp / f"{name}-out"
     proc = subprocess.Popen([sys.executable, "-m", "mixbench", "run", str(path), "--device", "cpu", "--out", str(out),
-                             "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                             "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
-    while not list(out.glob("long/*/metrics.jsonl")) and time.monotonic() < deadline:
+    while not list(out.glob(f"{name}/*/metrics.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert list(out.glob("long/*/metrics.jsonl")), "the run never finished an epoch"
+    assert list(out.glob(f"{name}/*/metrics.jsonl")), "the run never finished an epoch"
+    return proc, out
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_as_interrupted(runs):
+    proc, out = start_long_run(runs["tmp"], "long")
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
@@ -167,14 +173,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_rank_that_dies_ends_every_rank_and_the_run_is_marked_failed(runs):
-    path = write_recipe(runs["tmp"], "dies", epochs=200)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = runs["tmp"] / "dies-out"
-    proc = subprocess.Popen([sys.executable, "-m", "mixbench", "run", str(path), "--device", "cpu", "--out", str(out),
-                             "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("dies/*/metrics.jsonl")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc, out = start_long_run(runs["tmp"], "dies")
     workers = [w for launcher in _children(proc.pid) for w in _children(launcher)]
     assert len(workers) == 2, workers
     os.kill(max(workers), signal.SIGKILL)  # one worker dies without a word

@@ -47,7 +47,7 @@ class ManifoldMix(Mixer):
         return []
 
     def bind(self, model: nn.Module, device: torch.device) -> None:
-        backbone = getattr(model, "_orig_mod", model).backbone
+        backbone = model.backbone
         if not backbone.supports_stage_hook:
             raise UserError("[method] manifoldmix needs a backbone that can mix at a hidden stage; "
                             f"{type(backbone).__name__} cannot (timm models do not); use a built-in "
