@@ -1,7 +1,14 @@
-"""What ``mixbench list`` prints: every registered part with its one-line description."""
+"""What ``mixbench list`` prints: every registered part with its one-line description.
+
+Listing the registries means importing every method, model and mixer, and with them torch
+(seconds on a loaded machine). So ``mixbench list`` reads ``catalog.json``, a snapshot of the
+registries written by ``python -m mixbench.catalog`` and kept true by a test that compares it with
+the live registries; recipes are read from their TOML files. Neither needs torch.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +18,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+CATALOG_FILE = Path(__file__).with_name("catalog.json")
+REGISTRIES = ("methods", "models", "datasets", "losses")
 
 
 def recipes_dir() -> Path | None:
@@ -35,6 +45,28 @@ def _recipe_doc(path: Path) -> str:
         return "(invalid TOML)"
 
 
+def live_listing(what: str) -> list[tuple[str, str]]:
+    """(name, one-line doc) rows read from the registries themselves (imports torch)."""
+    if what == "methods":
+        from mixbench.methods import METHODS as reg
+    elif what == "models":
+        from mixbench.models import MODELS as reg
+    elif what == "datasets":
+        from mixbench.data import DATASETS as reg
+    else:
+        from mixbench.losses import LOSSES as reg
+    rows = [(e.name, e.doc + (f" [vs reference: {e.differs}]" if e.differs else "")) for e in reg]
+    if what == "models":
+        rows.append(("timm:<name>", "any timm model, built without downloading weights"))
+    return rows
+
+
+def write_catalog(path: Path = CATALOG_FILE) -> None:
+    """Snapshot every registry's listing into ``catalog.json``."""
+    data = {what: live_listing(what) for what in REGISTRIES}
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def listing(what: str) -> list[tuple[str, str]]:
     """(name, one-line doc) pairs for methods, models, datasets, losses or recipes."""
     if what == "recipes":
@@ -43,20 +75,13 @@ def listing(what: str) -> list[tuple[str, str]]:
             raise UserError("no recipes/ folder found in the working directory or beside mixbench")
         return [(str(p.relative_to(root)), _recipe_doc(p))
                 for p in sorted(root.rglob("*.toml")) if "_base" not in p.parts]
-    if what == "methods":
-        from mixbench.methods import METHODS as reg
-    elif what == "models":
-        from mixbench.models import MODELS as reg
-    elif what == "datasets":
-        from mixbench.data import DATASETS as reg
-    elif what == "losses":
-        from mixbench.losses import LOSSES as reg
-    else:
-        raise UserError(f"cannot list '{what}'; valid: methods, models, datasets, losses, recipes")
-    rows = [(e.name, e.doc) for e in reg]
-    if what == "methods":
-        rows = [(e.name, e.doc + (f" [vs reference: {e.differs}]" if e.differs else ""))
-                for e in reg]
-    if what == "models":
-        rows.append(("timm:<name>", "any timm model, built without downloading weights"))
-    return rows
+    if what not in REGISTRIES:
+        raise UserError(f"cannot list '{what}'; valid: {', '.join(REGISTRIES)}, recipes")
+    if not CATALOG_FILE.is_file():  # a source tree without the snapshot: ask the registries
+        return live_listing(what)
+    return [tuple(row) for row in json.loads(CATALOG_FILE.read_text(encoding="utf-8"))[what]]
+
+
+if __name__ == "__main__":
+    write_catalog()
+    print(f"wrote {CATALOG_FILE}")

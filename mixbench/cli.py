@@ -40,7 +40,7 @@ def _err(text: str) -> None:
 
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` and turn known failures into their exit codes (no traceback for user errors)."""
-    from mixbench.engine import Interrupted
+    from mixbench.engine.stopping import Interrupted  # torch-free: list and compare never import torch
 
     try:
         return fn()
@@ -51,11 +51,12 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except UserError as e:
         _err(f"error: {e}")
         raise typer.Exit(EXIT_USER) from None
-    except DivergedError as e:
-        _err(f"diverged: {e}; the last good checkpoint was kept")
+    except DivergedError as e:  # the trainer says what it kept in ``note``
+        note = getattr(e, "note", "")
+        _err(f"diverged: {e}; {note}" if note else f"diverged: {e}")
         raise typer.Exit(EXIT_DIVERGED) from None
-    except (Interrupted, KeyboardInterrupt):
-        _err("interrupted: checkpoint kept; continue with --resume")
+    except (Interrupted, KeyboardInterrupt) as e:
+        _err(f"interrupted: {getattr(e, 'note', '') or 'stopped before the run began; nothing was recorded'}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
@@ -103,7 +104,8 @@ def run(
     def go() -> None:
         from mixbench.engine import fit, resolve_device
         from mixbench.recipe import load_recipe
-        from mixbench.results.records import RunDir
+        from mixbench.results.inspect import headline
+        from mixbench.results.records import check_run
 
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other; pick one")
@@ -112,7 +114,14 @@ def run(
             overrides.append(f"seed={seed}")
         r = load_recipe(recipe, overrides)
         run_dir = out / r.name / r.run_id()
-        if dry_run:
+        if dry_run:  # every check a run makes before it trains, except reading the data
+            from mixbench.engine.build import check_batch_layout
+            from mixbench.results import records
+
+            resolve_device(device.value)
+            check_batch_layout(r, nproc)
+            check_folder = getattr(records, "check_run", None) or records.RunDir.check  # read-only
+            check_folder(out, r.name, r.run_id(), resume=resume, overwrite=overwrite)
             print(r.to_toml(), end="")
             print(f"# would write to {run_dir}")
             return
@@ -122,7 +131,7 @@ def run(
             from mixbench.engine.launch import launch
 
             check_batch_layout(r, nproc)
-            RunDir.check(out, r.name, r.run_id(), resume=resume, overwrite=overwrite)
+            check_run(out, r.name, r.run_id(), resume=resume, overwrite=overwrite)
             args = [str(recipe), "--out", str(out), "--device", device.value,
                     *[a for text in overrides for a in ("--set", text)],
                     *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
@@ -134,7 +143,7 @@ def run(
         s = result.summary
         top1 = s.get("top1_last")
         print(f"{result.status}: {r.name} -> {result.run_dir}  top-1 last {top1:.2f}%  "
-              f"median-last-10 {s.get('top1_median_last10'):.2f}%  "
+              f"{headline(s, result.run_dir)}  "
               f"{s.get('images_per_s', 0):.0f} img/s  {s.get('wall_time_s', 0):.1f} s"
               if top1 is not None else f"{result.status}: {r.name} -> {result.run_dir}")
         if result.status == "interrupted":
@@ -144,8 +153,12 @@ def run(
 
 
 @app.command()
-def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.")]) -> None:
-    """Check recipes without running them; report every problem."""
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=VALUE (TOML value), "
+                                                   "applied to every recipe as `run` applies it.")] = None,
+) -> None:
+    """Check recipes without running them; report every problem and what each resolves to."""
 
     def go() -> None:
         from mixbench.recipe import load_recipe
@@ -153,10 +166,14 @@ def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files to
         failed: list[str] = []
         for path in recipes:
             try:
-                load_recipe(path)
-                print(f"ok: {path}")
+                r = load_recipe(path, list(set_ or []))
             except RecipeError as e:
                 failed += e.problems
+                continue
+            named = "" if r.name_given else " (name from the file name)"
+            defaults = ", ".join(f"[{t}]" for t in r.defaults_only)
+            print(f"ok: {path} -> {r.name}{named}: {r.essentials()}"
+                  + (f"; all defaults: {defaults}" if defaults else ""))
         if failed:
             raise RecipeError(failed)
 
@@ -203,7 +220,7 @@ def compare(
     def go() -> None:
         from mixbench.results.leaderboard import collect_runs, leaderboard, render
 
-        runs = collect_runs(list(dirs or [Path("results")]))
+        runs = collect_runs(list(dirs or [Path("results")]), warn=_err)  # warnings on stderr, tables on stdout
         print(render(leaderboard(runs, include_reference=reference), format.value))
 
     _guard(go)
@@ -345,7 +362,13 @@ def bench_methods_cmd(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as e:  # under ``run --nproc``: tell the launcher how rank 0 ended
+        from mixbench.engine.launch import record_exit_code
+
+        record_exit_code(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        raise
 
 
 if __name__ == "__main__":

@@ -19,6 +19,27 @@ CLASSES = ["circle", "square", "triangle", "plus", "ring", "diamond", "star", "h
 # Measured over 20,000 generated images (seed 0, 32x32, generator VERSION 2).
 MEAN = (0.3867, 0.3880, 0.3891)
 STD = (0.2617, 0.2610, 0.2601)
+DEFAULT_TRAIN, DEFAULT_TEST = 5000, 1000  # images generated when [data].train_size / test_size are not given
+# Peak host memory of ``generate`` per output pixel (all images drawn at once at 2x in float32):
+# measured 262-264 bytes per image pixel (6,000 at 32 px and 2,000 at 64 px, VERSION 2), rounded up.
+GENERATE_BYTES_PER_PIXEL = 280
+
+
+def generation_bytes(n: int, image_size: int) -> int:
+    """Host memory that ``generate(n, image_size)`` needs at its peak, in bytes (an estimate)."""
+    return GENERATE_BYTES_PER_PIXEL * n * image_size * image_size
+
+
+def draw_labels(n: int, g: torch.Generator) -> torch.Tensor:
+    """The class of each of ``n`` images: balanced (i mod 10), shuffled; ``generate``'s first draw."""
+    return (torch.arange(n) % len(CLASSES))[torch.randperm(n, generator=g)]
+
+
+def train_class_counts(n_train: int, n_test: int, seed: int) -> list[int]:
+    """Images per class among the first ``n_train`` of ``generate(n_train + n_test, seed=seed)``,
+    without drawing any image (only the label permutation)."""
+    labels = draw_labels(n_train + n_test, torch.Generator().manual_seed(seed))[:n_train]
+    return torch.bincount(labels, minlength=len(CLASSES)).tolist()
 
 
 def _inside(cls: int, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
@@ -72,7 +93,7 @@ def generate(n: int, image_size: int = 32, seed: int = 0) -> tuple[torch.Tensor,
     """``n`` class-balanced images (uint8 [N, 3, S, S]) and labels (int64 [N]) from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     s2 = image_size * 2  # draw at 2x and average-pool: anti-aliased edges
-    labels = (torch.arange(n) % len(CLASSES))[torch.randperm(n, generator=g)]
+    labels = draw_labels(n, g)
     lin = (torch.arange(s2) + 0.5) / s2 * 2 - 1
     v, u = torch.meshgrid(lin, lin, indexing="ij")
     u, v = u.expand(n, s2, s2), v.expand(n, s2, s2)

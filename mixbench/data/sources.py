@@ -8,10 +8,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import lzma
+import os
 import pickle
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,121 @@ CIFAR = {
 }
 
 Split = dict[str, torch.Tensor | list[str]]
+
+# What a broken or truncated archive raises while it is read (gzip: EOFError / zlib.error, xz: LZMAError).
+ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+# Host memory per byte of the decoded uint8 set while a reader builds it (per-image arrays + the stacked tensor).
+DECODE_OVERHEAD = 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A source's fixed shape: classes, full train/test split sizes, native side, and whether
+    ``[data].image_size`` resizes it (cifar's pickles are always 32x32)."""
+
+    classes: int
+    train: int
+    test: int
+    side: int
+    resizes: bool
+
+
+LAYOUTS = {
+    "cifar10": Layout(10, 50_000, 10_000, 32, resizes=False),
+    "cifar100": Layout(100, 50_000, 10_000, 32, resizes=False),
+    "tiny-imagenet": Layout(200, 100_000, 10_000, 64, resizes=True),
+}
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a ``[data]`` table implies before any file is read; ``None``: only the files will tell."""
+
+    classes: int | None = None
+    train: int | None = None  # training images (before any labelled subset)
+    test: int | None = None
+    side: int | None = None  # image side after any resize
+    work_bytes: int | None = None  # host memory needed to decode (or generate) the uint8 set
+    work: str = "decode"  # what takes that memory: "decode" or "generate"
+
+    @property
+    def data_bytes(self) -> int | None:
+        """The uint8 [N, 3, S, S] tensors of both splits, as held on the training device."""
+        if None in (self.train, self.test, self.side):
+            return None
+        return (self.train + self.test) * 3 * self.side * self.side
+
+
+def data_facts(source: str, image_size: int | None, train_size: int | None, test_size: int | None) -> DataFacts:
+    """Sizes implied by a ``[data]`` table (shapes: what is generated; a fixed-layout source: its
+    split sizes, capped by ``train_size``/``test_size``; imagefolder: nothing is known)."""
+    from mixbench.data import shapes
+
+    if source == "shapes":
+        train, test = train_size or shapes.DEFAULT_TRAIN, test_size or shapes.DEFAULT_TEST
+        side = image_size or 32
+        return DataFacts(len(shapes.CLASSES), train, test, side, shapes.generation_bytes(train + test, side),
+                         "generate")
+    layout = LAYOUTS.get(source)
+    if layout is None:
+        return DataFacts(side=image_size)
+    train = layout.train if train_size is None else min(train_size, layout.train)
+    test = layout.test if test_size is None else min(test_size, layout.test)
+    side = image_size if layout.resizes and image_size is not None else layout.side
+    facts = DataFacts(layout.classes, train, test, side)
+    return DataFacts(layout.classes, train, test, side, DECODE_OVERHEAD * facts.data_bytes)
+
+
+def train_class_counts(source: str, train_size: int | None, test_size: int | None, seed: int) -> list[int] | None:
+    """Training images per class (class order) that a source yields, or ``None`` when only its files tell."""
+    from mixbench.data import shapes
+
+    if source == "shapes":
+        return shapes.train_class_counts(train_size or shapes.DEFAULT_TRAIN, test_size or shapes.DEFAULT_TEST,
+                                         seed)
+    layout = LAYOUTS.get(source)
+    if layout is None:
+        return None
+    per, extra = divmod(min(train_size or layout.train, layout.train), layout.classes)
+    return [per + (i < extra) for i in range(layout.classes)]  # balanced_subset's split (exact for the full set)
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's memory (the smaller of physical memory and a cgroup limit), or ``None``."""
+    limits = []
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # not a POSIX system
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # v2, v1
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def gib(n: int) -> str:
+    """Bytes for a message, in MiB, GiB, TiB or PiB."""
+    for unit, power in (("PiB", 50), ("TiB", 40), ("GiB", 30)):
+        if n >= 2**power:
+            return f"{n / 2**power:,.1f} {unit}"
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def memory_problem(need: int, what: str) -> str | None:
+    """A sentence when ``need`` bytes of host memory are more than this machine has, else ``None``."""
+    have = host_memory_bytes()
+    if have is None or need <= have:
+        return None
+    return f"{what} needs about {gib(need)} of memory, more than this machine's {gib(have)}"
+
+
+def _check_fits(n: int, h: int, w: int, where: str) -> None:
+    problem = memory_problem(DECODE_OVERHEAD * n * 3 * h * w, f"decoding {n:,} images of {h}x{w} from {where}")
+    if problem:
+        raise UserError(f"[data].root: {problem}; set [data].train_size/test_size or a smaller [data].image_size, "
+                        "or use [data].streaming = true (imagefolder)")
 
 
 def _unpickle(path: Path) -> dict:
@@ -102,6 +222,8 @@ def decode_all(items: list[tuple[str, bytes]], image_size: int | None, where: st
     """Decode (name, bytes) pairs on a thread pool into one uint8 [N, 3, H, W] tensor."""
     if not items:
         return torch.zeros(0, 3, image_size or 32, image_size or 32, dtype=torch.uint8)
+    first = _decode(items[0][1], image_size, items[0][0])  # the set's size is known from its first image
+    _check_fits(len(items), first.shape[0], first.shape[1], where)
     with ThreadPoolExecutor() as pool:
         arrays = list(pool.map(lambda it: _decode(it[1], image_size, it[0]), items))
     shapes = {a.shape for a in arrays}
@@ -150,7 +272,10 @@ def _read_many(handles: list[object]) -> list[bytes]:
     for i in order:
         h = handles[i]
         if isinstance(h, Path):
-            out[i] = h.read_bytes()
+            try:
+                out[i] = h.read_bytes()
+            except OSError as e:
+                raise UserError(f"[data].root: cannot read {h} ({e.strerror or e})") from None
         else:
             tar, member = h
             out[i] = tar.extractfile(member).read()
@@ -168,8 +293,10 @@ def read_imagefolder(root: Path, image_size: int | None, train_size: int | None,
     try:
         with tarfile.open(root, "r:*") as tar:
             return _decode_listing(root, _listing(root, tar), image_size, train_size, test_size, seed)
-    except (tarfile.TarError, OSError) as e:
-        raise UserError(f"[data].root: {root} is not a readable tar archive ({e})") from None
+    except ARCHIVE_ERRORS as e:  # truncated gzip (EOFError), corrupt stream (zlib.error), not a tar at all, ...
+        raise UserError(f"[data].root: {root} is not a readable tar archive, or it is truncated or corrupt "
+                        f"({type(e).__name__}: {e}); download or pack it again, or point [data].root at the "
+                        "extracted folder") from None
 
 
 def _decode_listing(root: Path, found: dict, image_size: int | None, train_size: int | None,
@@ -214,7 +341,7 @@ def read_tiny_imagenet(root: Path, image_size: int | None, train_size: int | Non
     out: Split = {"classes": classes}
     for split, entries, size in (("train", train, train_size), ("test", test, test_size)):
         keep = balanced_subset([y for _, y in entries], size, seed)
-        items = [(str(entries[i][0]), entries[i][0].read_bytes()) for i in keep]
+        items = list(zip([str(entries[i][0]) for i in keep], _read_many([entries[i][0] for i in keep]), strict=True))
         out[f"{split}_x"] = decode_all(items, image_size, f"{root} ({split})")
         out[f"{split}_y"] = torch.tensor([entries[i][1] for i in keep], dtype=torch.int64)
     return out

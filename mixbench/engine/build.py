@@ -62,6 +62,17 @@ class Run:
         """Images one optimiser step trains on, all processes together."""
         return self.train_loader.images_per_step
 
+    def essentials(self) -> str:
+        """One line saying what this run trains, for the first lines of its log (defaults made visible)."""
+        r, t, info = self.recipe, self.recipe.train, self.info
+        procs = f"; {t['batch_size'] // self.dist.world_size} × {self.dist.world_size} processes" \
+            if self.dist.enabled else ""
+        return (f"{r.name}: {info.name} ({info.train_len} train / {info.test_len} test images, "
+                f"{info.image_size[0]} px, {info.num_classes} classes) · {r.model['name']} width {r.model['width']} · "
+                f"{self.method_name} · loss {r.loss['name']} · {t['epochs']} epochs × {self.steps_per_epoch} steps · "
+                f"batch {t['batch_size']}{procs} · {t['optimizer']} lr {t['lr']} {t['schedule']} · "
+                f"{t['precision']} · {self.device} · seed {r.seed}")
+
     def checkpoint_header(self) -> dict[str, Any]:
         """What makes ``checkpoint.pt`` self-describing: spec, normalisation, recipe, key prefixes."""
         classifier = next(iter(self.method.classifiers().values()))

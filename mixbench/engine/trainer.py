@@ -1,6 +1,7 @@
 """The training loop, readable top to bottom.
 
-``fit`` checks the run folder, assembles the run (:func:`mixbench.engine.build.build_run`) and hands
+``fit`` takes the run folder (:func:`mixbench.results.records.open_run`: a lock, a staged folder for
+``--overwrite``), assembles the run (:func:`mixbench.engine.build.build_run`) and hands
 it to a :class:`Trainer`, which for each epoch: draws the on-device permutation (inside the
 loader), calls the method on each batch under autocast, backpropagates through the gradient scaler,
 steps the optimiser, lets the method update its momentum modules, updates the weight EMA, and
@@ -9,6 +10,11 @@ and at epoch ends. Checkpoints are written atomically at epoch boundaries and ho
 ``Trainer.state_dict()``; ``--resume`` is ``Trainer.load_state_dict`` of it, which restores every
 state (weights, optimiser, scaler, EMA, all random generators) so a resumed run reproduces an
 uninterrupted one. Under torchrun, only rank 0 writes records and prints.
+
+Every way a run ends leaves a final status in meta.json: ``completed``, ``interrupted`` (SIGINT/SIGTERM,
+caught from before setup on), ``diverged`` or ``failed``, whether it ends in setup or in training. An
+overwrite replaces the old run only once it has written its first checkpoint; one that ends before then
+is dropped and leaves the old run as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +31,16 @@ import torch.distributed as torch_dist
 
 from mixbench.checkpoint import CHECKPOINT_KIND, CHECKPOINT_VERSION, read_checkpoint
 from mixbench.engine.build import Run, build_run
-from mixbench.engine.distributed import DistInfo, all_reduce_sum, any_rank, device_for, rank0_first, setup, teardown
+from mixbench.engine.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    broadcast_object,
+    device_for,
+    rank0_first,
+    setup,
+    teardown,
+)
 from mixbench.engine.progress import Reporter, make_reporter
 from mixbench.engine.seeding import global_rng_state, set_global_rng_state
 from mixbench.engine.stopping import Interrupted, StopFlag
@@ -35,7 +50,16 @@ from mixbench.mixing.base import MixRNG
 from mixbench.mixing.cost import time_ms
 from mixbench.recipe import Recipe
 from mixbench.results.atomic import atomic_torch_save
-from mixbench.results.records import RunDir, collect_meta, device_name, summarize, utc_now
+from mixbench.results.records import (
+    OpenRun,
+    RunDir,
+    collect_meta,
+    device_name,
+    open_run,
+    process_fields,
+    summarize,
+    utc_now,
+)
 
 
 @dataclass
@@ -78,6 +102,7 @@ class Trainer:
         self.epoch, self.step, self.wall = 0, 0, 0.0
         self.eval_ctx = EvalContext(run.device, run.recipe.train["precision"], run.dist)
         self.mixer_ms: float | None = None
+        self.checkpoint_epoch: int | None = None  # the epoch the run's checkpoint on disk holds
 
     # ------------------------------------------------------------ state
 
@@ -111,16 +136,21 @@ class Trainer:
         run.loader_gen.set_state(rng["loader"])
         run.mix_rng.load_state_dict(rng["mix"])
         self.epoch, self.step, self.wall = state["epoch"], state["step"], state["wall_time_s"]
+        self.checkpoint_epoch = self.epoch
 
     def save_checkpoint(self) -> None:
-        """``checkpoint.pt`` (self-describing, see :mod:`mixbench.checkpoint`) and the method's exports."""
+        """``checkpoint.pt`` (self-describing, see :mod:`mixbench.checkpoint`) and the method's exports.
+
+        A staged overwrite takes the old run's place here, at its first checkpoint.
+        """
         state = self.state_dict()  # every rank takes part (the random states are gathered)
-        if self.run_dir is None:
-            return
-        atomic_torch_save(self.run_dir.checkpoint_path, {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
-                                                         **self.run.checkpoint_header(), **state})
-        for file_name, obj in self.run.method.export().items():
-            atomic_torch_save(self.run_dir.path / file_name, obj)
+        if self.run_dir is not None:
+            atomic_torch_save(self.run_dir.checkpoint_path, {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
+                                                             **self.run.checkpoint_header(), **state})
+            for file_name, obj in self.run.method.export().items():
+                atomic_torch_save(self.run_dir.path / file_name, obj)
+            self.run_dir.commit()
+        self.checkpoint_epoch = self.epoch
 
     # ------------------------------------------------------------ one epoch
 
@@ -223,52 +253,70 @@ class Trainer:
         write_grid(self.run_dir.path / "mixes" / f"epoch{epoch:04d}.png", x, mix, run.info.mean, run.info.std,
                    run.info.classes, title=f"{run.method_name} after epoch {epoch}")
 
-    def fit(self) -> TrainResult:
-        """Train from ``self.epoch`` to the end (or ``[train].stop_after``) and write the summary."""
-        run, tcfg, ecfg = self.run, self.run.recipe.train, self.run.recipe.eval
+    def fit(self, stop: StopFlag | None = None) -> TrainResult:
+        """Train from ``self.epoch`` to the end (or ``[train].stop_after``) and write the summary.
+
+        ``stop`` is the run's signal flag (:func:`fit` installs it before setup); without one, one is installed
+        here. A diverged or interrupted run raises with ``checkpoint_epoch`` and ``note`` (what was kept).
+        """
+        if stop is None:
+            with StopFlag() as own:
+                return self.fit(own)
+        stop.defer()  # from here a signal stops the loop at its next check, with a checkpoint
+        tcfg = self.run.recipe.train
         epochs = tcfg["epochs"]
         stop_after = tcfg["stop_after"] or epochs
-        self.probe_mixer()
-        t_run, prior_wall = time.perf_counter(), self.wall
-        self.reporter.start(epochs, run.steps_per_epoch, self.epoch)
+        prior_wall, t_run = self.wall, time.perf_counter()
         try:
-            with StopFlag() as stop:
-                while self.epoch < min(epochs, stop_after):
-                    record = self.train_epoch(stop)
-                    self.epoch += 1
-                    if self.epoch % ecfg["every"] == 0 or self.epoch in (epochs, stop_after):
-                        record.update(self.evaluate())
-                    self.wall = prior_wall + time.perf_counter() - t_run
-                    record["wall_time_s"] = self.wall
-                    if self.run_dir is not None:
-                        self.run_dir.append_metrics(record)
-                        if run.method.mixes and ecfg["save_mixes"] and self.epoch % ecfg["save_mixes"] == 0:
-                            self.save_mixes(self.epoch)
-                    if self.epoch % tcfg["checkpoint_every"] == 0 or self.epoch in (epochs, stop_after):
-                        self.save_checkpoint()
-                    self.reporter.epoch_end(record)
-                    if self._stop_now(stop, True):
-                        raise Interrupted
-        except DivergedError:
+            self.probe_mixer()
+            t_run = time.perf_counter()
+            self.reporter.start(epochs, self.run.steps_per_epoch, self.epoch)
+            self._loop(stop, epochs, stop_after, prior_wall, t_run)
+        except DivergedError as e:
             self._finish("diverged", prior_wall + time.perf_counter() - t_run)
+            e.checkpoint_epoch = self.checkpoint_epoch  # for the CLI's message: what was kept
+            e.note = _kept(self.run_dir, self.checkpoint_epoch, diverged=True)
             raise
         except (Interrupted, KeyboardInterrupt):
             self._finish("interrupted", prior_wall + time.perf_counter() - t_run)
-            raise Interrupted from None
+            raise Interrupted(_kept(self.run_dir, self.checkpoint_epoch), self.checkpoint_epoch) from None
         except BaseException:
             self._finish("failed", prior_wall + time.perf_counter() - t_run)
             raise
         status = "completed" if stop_after >= epochs else "interrupted"
         return TrainResult(status, self._finish(status, self.wall), self._run_path())
 
+    def _loop(self, stop: StopFlag, epochs: int, stop_after: int, prior_wall: float, t_run: float) -> None:
+        """The epochs: train, evaluate, record, checkpoint, report; stop when a signal asked."""
+        run, tcfg, ecfg = self.run, self.run.recipe.train, self.run.recipe.eval
+        while self.epoch < min(epochs, stop_after):
+            record = self.train_epoch(stop)
+            self.epoch += 1
+            if self.epoch % ecfg["every"] == 0 or self.epoch in (epochs, stop_after):
+                record.update(self.evaluate())
+            self.wall = prior_wall + time.perf_counter() - t_run
+            record["wall_time_s"] = self.wall
+            if self.run_dir is not None:
+                self.run_dir.append_metrics(record)
+                if run.method.mixes and ecfg["save_mixes"] and self.epoch % ecfg["save_mixes"] == 0:
+                    self.save_mixes(self.epoch)
+            if self.epoch % tcfg["checkpoint_every"] == 0 or self.epoch in (epochs, stop_after):
+                self.save_checkpoint()
+            self.reporter.epoch_end(record)
+            if self._stop_now(stop, True):
+                raise Interrupted
+
     def _run_path(self) -> Path:
         recipe = self.run.recipe
         return self.run_dir.path if self.run_dir is not None else Path(recipe.name) / recipe.run_id()
 
     def _finish(self, status: str, wall: float) -> dict[str, Any]:
-        """Close the progress display; on rank 0 write the summary and the final status."""
+        """Close the progress display; on rank 0 write the summary and the final status.
+
+        A staged overwrite that ends before its first checkpoint writes nothing: it is dropped, the old run stays.
+        """
         self.reporter.close()
-        if self.run_dir is None:
+        if self.run_dir is None or self.run_dir.staged:
             return {}
         run = self.run
         summary = summarize(self.run_dir.read_metrics(), status=status,
@@ -317,38 +365,104 @@ def read_resume_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt.data
 
 
+def _kept(run_dir: RunDir | None, checkpoint_epoch: int | None, *, diverged: bool = False,
+          resumable: bool = False) -> str:
+    """What a run that ended early left on disk and how to go on: the clause the CLI prints."""
+    if run_dir is not None and run_dir.staged:
+        return f"the new run wrote no checkpoint, so {run_dir.target} still holds the earlier run, unchanged"
+    if checkpoint_epoch is not None:
+        return (f"the checkpoint of epoch {checkpoint_epoch}, the last good one, was kept" if diverged
+                else f"the checkpoint of epoch {checkpoint_epoch} was kept; continue with --resume")
+    if resumable:
+        return "its checkpoint was kept; continue with --resume"
+    return ("it diverged before its first checkpoint, so none was written" if diverged
+            else "no checkpoint was written yet; --resume starts the run afresh")
+
+
 def fit(recipe: Recipe, *, out_root: Path, device: torch.device, resume: bool = False, overwrite: bool = False,
         command_line: list[str] | None = None, reporter: Reporter | None = None) -> TrainResult:
-    """Train ``recipe`` and write its run record below ``out_root`` (see the module docstring)."""
-    dist = setup(device.type)
-    clean = False
+    """Train ``recipe`` and write its run record below ``out_root`` (see the module docstring).
+
+    SIGINT/SIGTERM are handled from the first line on: during setup they stop the run at once, during training
+    at the next step; either way its status becomes ``interrupted`` and :class:`Interrupted` is raised.
+    """
+    with StopFlag(immediate=True) as stop:
+        dist = setup(device.type)
+        clean = False
+        try:
+            result = _fit(recipe, dist, stop, out_root=Path(out_root), device=device_for(dist, device),
+                          resume=resume, overwrite=overwrite, command_line=command_line, reporter=reporter)
+            clean = True
+            return result
+        finally:
+            teardown(dist, barrier=clean)
+
+
+def _fit(recipe: Recipe, dist: DistInfo, stop: StopFlag, *, out_root: Path, device: torch.device, resume: bool,
+         overwrite: bool, command_line: list[str] | None, reporter: Reporter | None) -> TrainResult:
+    """Take the run folder (rank 0), set up, train; the folder's lock is released on every exit path."""
+    reporter = reporter or make_reporter(dist.is_main)
+    opened = rank0_first(lambda: open_run(out_root, recipe.name, recipe.run_id(), resume=resume,
+                                          overwrite=overwrite), dist)
     try:
-        result = _fit(recipe, dist, out_root=Path(out_root), device=device_for(dist, device), resume=resume,
-                      overwrite=overwrite, command_line=command_line, reporter=reporter)
-        clean = True
-        return result
+        resume = broadcast_object(opened.resume if opened is not None else None, dist)
+        checkpoint = out_root / recipe.name / recipe.run_id() / "checkpoint.pt"
+        trainer = _prepare(recipe, dist, opened, reporter, device=device, checkpoint=checkpoint if resume else None,
+                           command_line=command_line)
+        return trainer.fit(stop)
     finally:
-        teardown(dist, barrier=clean)
+        if opened is not None:
+            opened.close()
 
 
-def _fit(recipe: Recipe, dist: DistInfo, *, out_root: Path, device: torch.device, resume: bool, overwrite: bool,
-         command_line: list[str] | None, reporter: Reporter | None) -> TrainResult:
-    name, run_id = recipe.name, recipe.run_id()
-    rank0_first(lambda: RunDir.check(out_root, name, run_id, resume=resume, overwrite=overwrite), dist)
-    run = build_run(recipe, device, dist)
-    run_dir = rank0_first(lambda: RunDir.create(out_root, name, run_id, resume=resume, overwrite=overwrite), dist)
-    trainer = Trainer(run, run_dir, reporter or make_reporter(dist.is_main))
-    if resume:
-        trainer.load_state_dict(read_resume_checkpoint(out_root / name / run_id / "checkpoint.pt"))
+def _prepare(recipe: Recipe, dist: DistInfo, opened: OpenRun | None, reporter: Reporter, *, device: torch.device,
+             checkpoint: Path | None, command_line: list[str] | None) -> Trainer:
+    """Record the start, assemble the run and load ``checkpoint`` (resume); an end here still records a status."""
+    run_dir = opened.run_dir if opened is not None else None
+    try:
+        if opened is not None:
+            _record_start(opened, recipe, device, command_line, reporter)
+        run = build_run(recipe, device, dist)
+        reporter.message(run.essentials())
+        trainer = Trainer(run, run_dir, reporter)
+        if checkpoint is not None:
+            trainer.load_state_dict(read_resume_checkpoint(checkpoint))
         if run_dir is not None:
-            run_dir.truncate_metrics(trainer.epoch)
-            run_dir.update_meta(status="running", resumed_at_epoch=trainer.epoch, end_time=None)
-    elif run_dir is not None:
-        run_dir.write_recipe(recipe.to_toml())
-        meta = collect_meta(command_line or sys.argv, recipe.seed, device)
-        meta.update(recipe_name=name, run_id=run_id, method=run.method_name, **_distributed_fields(run))
-        run_dir.write_meta(meta)
-    return trainer.fit()
+            _record_setup(run_dir, trainer, resumed=checkpoint is not None)
+        return trainer
+    except (Interrupted, KeyboardInterrupt):
+        if opened is not None:
+            opened.end_early("interrupted")
+        raise Interrupted(_kept(run_dir, None, resumable=checkpoint is not None)) from None
+    except BaseException as e:
+        if opened is not None:
+            opened.end_early("failed", user_error=isinstance(e, UserError))
+        raise
+
+
+def _record_start(opened: OpenRun, recipe: Recipe, device: torch.device, command_line: list[str] | None,
+                  reporter: Reporter) -> None:
+    """Tell the user what ``open_run`` noticed; write recipe and meta (a resume: this process, running)."""
+    for note in opened.notes:
+        reporter.message(note)
+    run_dir = opened.run_dir
+    run_dir.warn = lambda text: reporter.message(f"warning: {text}")
+    if opened.resume:
+        run_dir.update_meta(status="running", end_time=None, **process_fields())
+        return
+    run_dir.write_recipe(recipe.to_toml())
+    meta = collect_meta(command_line or sys.argv, recipe.seed, device)
+    meta.update(recipe_name=recipe.name, run_id=recipe.run_id())
+    run_dir.write_meta(meta)
+
+
+def _record_setup(run_dir: RunDir, trainer: Trainer, *, resumed: bool) -> None:
+    """Once the run is assembled: the method and process layout (new run), or the epoch resumed from."""
+    if resumed:
+        run_dir.truncate_metrics(trainer.epoch)
+        run_dir.update_meta(resumed_at_epoch=trainer.epoch)
+    else:
+        run_dir.update_meta(method=trainer.run.method_name, **_distributed_fields(trainer.run))
 
 
 __all__ = ["fit", "Trainer", "TrainResult", "resolve_device", "Interrupted", "read_resume_checkpoint"]

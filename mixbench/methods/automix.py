@@ -20,7 +20,7 @@ from torch import nn
 from mixbench.engine.momentum import MomentumTeacher
 from mixbench.losses.decoupled import eta_balanced
 from mixbench.methods.base import METHODS, Method, MethodContext, ParamGroup
-from mixbench.mixing.base import MixOutput, MixRNG
+from mixbench.mixing.base import MixOutput, MixRNG, stage_problems
 from mixbench.mixing.features import eval_mode
 from mixbench.mixing.learned import (
     LAM_ENCODINGS,
@@ -32,7 +32,7 @@ from mixbench.mixing.learned import (
     mask_loss,
     stage_features,
 )
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts, show_number
 
 MIXER_FILE_VERSION = 1
 
@@ -80,6 +80,9 @@ AUTOMIX_PARAMS: dict[str, Param] = {
 }
 
 
+MAX_MIXER_LR = 10.0  # as [train].lr: a larger step overflows float32 parameters
+
+
 @METHODS.register("automix")
 class AutoMix(Method):
     """AutoMix: a Mix Block learned against a momentum encoder (two-pass step, mask loss)."""
@@ -108,8 +111,15 @@ class AutoMix(Method):
         return self.momentum_teacher.module
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
-        out = []
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
+        """Also: the Mixer reads a residual stage of a built-in backbone; its lrs are at most 10 (as [train].lr)."""
+        out = stage_problems("feature_stage", [values["feature_stage"]], where, origin, facts,
+                             what="read Mixer features", low=1)
+        for key in ("mixer_lr", "mixer_min_lr"):
+            if values.get(key) is not None and values[key] > MAX_MIXER_LR:
+                out.append(f"{origin.get(key, 'recipe')}: {where}.{key}: expected a number <= {MAX_MIXER_LR:g}, "
+                           f"got {show_number(values[key])}")
         if values["momentum_end"] < values["momentum"]:
             out.append(f"{origin.get('momentum_end', 'recipe')}: {where}.momentum_end must be >= "
                        f"{where}.momentum ({values['momentum']})")

@@ -19,7 +19,7 @@ from torch import nn
 
 from mixbench.data.batches import BatchSpec, LabelledBatch
 from mixbench.mixing.base import MixOutput, MixRNG
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts
 from mixbench.registry import Registry
 
 METHODS = Registry("method")
@@ -80,8 +80,10 @@ class Method(nn.Module):
             setattr(self, key, values.get(key, param.default))
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
-        """Problems that involve more than one parameter (each a sentence naming the key)."""
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
+        """Problems that involve more than one parameter, or the run's model and images (``facts``,
+        when known): each a sentence naming the file, the key and what is valid."""
         return []
 
     def param_groups(self) -> list[ParamGroup]:

@@ -7,7 +7,7 @@ x[π]: x̃ = M ⊙ x + (1 − M) ⊙ x[π], λ = mean(M).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,12 @@ from mixbench.mixing.base import (
     alpha_param,
     masked_mix,
     sample_lambda,
+    side_problem,
     to_device,
 )
 from mixbench.mixing.features import FEATURES_FROM, activation_map, resolve_source
 from mixbench.mixing.fmix import top_k_mask
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts
 
 
 @MIXERS.register()
@@ -43,6 +44,12 @@ class AttentiveMix(Mixer):
     needs_model = True
     differs: ClassVar[str] = ("features from the model being trained (or a run named by features_from) "
                               "at the input resolution, not a frozen ImageNet ResNet on 224 px images")
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
+        """``grid`` at most the image side (a cell is at least one pixel; the mask costs N·grid² either way)."""
+        return side_problem("grid", values["grid"], where, origin, facts, "a cell must hold at least one pixel")
 
     def bind(self, model: nn.Module, device: torch.device) -> None:
         self.source = resolve_source(self.features_from, model, device)

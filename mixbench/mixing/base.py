@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts, show
 from mixbench.registry import Registry
 
 MIXERS = Registry("mixer")
@@ -128,6 +128,35 @@ def forward_mixed(model: nn.Module, mix: MixOutput) -> torch.Tensor:
     return model.head(model.forward_features(mix.x, hook))
 
 
+def stage_problems(key: str, stages: list[int], where: str, origin: dict[str, str], facts: RunFacts | None, *,
+                   what: str, low: int = 0) -> list[str]:
+    """Problems of ``key`` naming residual stages ``stages`` of the run's backbone (``facts``): a timm
+    backbone has no hidden-stage hooks, and a built-in one has stages 1..S (0 = the input where allowed)."""
+    hidden = [k for k in stages if k > 0]
+    if facts is None or not hidden:
+        return []
+    src, shown = origin.get(key, origin.get("name", "recipe")), show(stages if len(stages) != 1 else stages[0])
+    if not facts.stage_hooks:
+        return [f"{src}: {where}.{key} = {shown}: {facts.stages_text()} is a timm model, which cannot {what} "
+                "at a hidden stage; use a built-in backbone (mixbench list models)"]
+    n = facts.num_stages
+    too_deep = [k for k in hidden if n is not None and k > n]
+    if too_deep:
+        return [f"{src}: {where}.{key} = {shown}: {facts.stages_text()} has {n} residual stages; "
+                f"valid: {low}..{n}"]
+    return []
+
+
+def side_problem(key: str, value: int, where: str, origin: dict[str, str], facts: RunFacts | None,
+                 what: str) -> list[str]:
+    """``value`` (cells or pixels per side) must not exceed the image side, when it is known."""
+    side = None if facts is None else facts.image_side
+    if side is None or value <= side:
+        return []
+    return [f"{origin.get(key, origin.get('name', 'recipe'))}: {where}.{key} = {value} exceeds the {side}-pixel "
+            f"image side ({what}); valid: 1..{side}"]
+
+
 class Mixer:
     """Base class: subclasses declare ``params`` and implement ``__call__``.
 
@@ -149,8 +178,10 @@ class Mixer:
             setattr(self, key, values.get(key, param.default))
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
-        """Problems that involve more than one parameter (each a sentence naming the key)."""
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
+        """Problems that involve more than one parameter, or the run's model and images (``facts``,
+        when known): each a sentence naming the file, the key and what is valid."""
         return []
 
     def bind(self, model: nn.Module, device: torch.device) -> None:

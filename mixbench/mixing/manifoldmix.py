@@ -22,9 +22,10 @@ from mixbench.mixing.base import (
     alpha_param,
     blend,
     sample_lambda,
+    stage_problems,
     to_device,
 )
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts, show
 
 
 @MIXERS.register()
@@ -40,11 +41,16 @@ class ManifoldMix(Mixer):
     needs_model = True
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
         layers = values.get("layers", [])
+        src = origin.get("layers", origin.get("name", "recipe"))
         if not layers or any(k < 0 for k in layers):
-            return [f"{where}.layers: expected a non-empty list of stage numbers >= 0, got {layers}"]
-        return []
+            return [f"{src}: {where}.layers: expected a non-empty list of stage numbers >= 0, got {show(layers)}"]
+        if facts is not None and not facts.stage_hooks:  # bind() refuses a timm backbone whatever the layers
+            return [f"{src}: {where}: manifoldmix mixes hidden states, and {facts.stages_text()} is a timm model, "
+                    "which has no hidden-stage hooks; use a built-in backbone (mixbench list models)"]
+        return stage_problems("layers", layers, where, origin, facts, what="mix")
 
     def bind(self, model: nn.Module, device: torch.device) -> None:
         backbone = model.backbone

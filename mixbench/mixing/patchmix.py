@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG
+from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG, side_problem
 from mixbench.mixing.features import eval_mode
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts, show_number
 
 SAMPLERS = ("uniform_count", "bernoulli")
 
@@ -161,6 +161,46 @@ def random_pairings(p: int, n: int, gen: torch.Generator, device: torch.device) 
     return torch.rand(p, n, device=device, generator=gen).argsort(dim=1)
 
 
+# Upper limits of PatchMix's keys (checked in ``PatchMix.check``): the grid at most 1024 cells per side (and
+# see ``grid_problems``); all ``population`` candidates are scored in one forward pass of population x batch
+# images; ``virtual_lr`` at most [train].lr's limit.
+LIMITS = {"grid": 1024, "population": 256, "generations": 100, "virtual_lr": 10.0}
+
+
+def limit_problems(values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+    """Each key of ``LIMITS`` above its limit, as a sentence."""
+    return [f"{origin.get(k, 'recipe')}: {where}.{k}: expected at most {limit:g}, got {show_number(values[k])}"
+            for k, limit in LIMITS.items() if k in values and values[k] > limit]
+
+
+def grid_problems(values: dict[str, Any], where: str, origin: dict[str, str], facts: RunFacts | None) -> list[str]:
+    """``grid`` against the run's images and backbone: at least 2 cells per side (two images to compose), a
+    cell covers at least one pixel, and while a patch loss reads the final feature map (``patch_weight`` /
+    ``origin_weight`` > 0), at least one position of it (a finer grid only copies features, at N·D·g² memory)."""
+    grid = values.get("grid", 0)
+    src = origin.get("grid", origin.get("name", "recipe"))
+    if grid == 1:
+        return [f"{src}: {where}.grid = 1: a 1x1 grid cannot compose two images; valid: 0 (the side of the final "
+                "feature map) or 2 and more"]
+    fside = None if facts is None else facts.feature_side
+    if grid == 0 and facts is not None and not facts.stage_hooks:
+        return [f"{src}: {where}.grid = 0 sizes the grid from the final feature map, which for {facts.stages_text()} "
+                "is known only once the model is built (a timm ResNet's is 1x1 at 32 px); give grid >= 2 explicitly"]
+    if grid == 0 and fside is not None and fside < 2:
+        return [f"{src}: {where}.grid = 0 takes the side of the {fside}x{fside} final feature map of "
+                f"{facts.stages_text()} at {facts.image_side} px, and a 1x1 grid cannot compose two images; "
+                "use a larger [data].image_size, or grid >= 2 with patch_weight = 0 and origin_weight = 0"]
+    if not grid or grid > LIMITS["grid"] or facts is None:
+        return []
+    if fside is not None and (values.get("patch_weight", 0) > 0 or values.get("origin_weight", 0) > 0) \
+            and grid > fside:
+        return [f"{src}: {where}.grid = {grid} exceeds the {fside}x{fside} final feature "
+                f"map of {facts.stages_text()} at {facts.image_side} px, which the patch losses read per cell; "
+                + (f"valid: 0 (= {fside}) or 2..{fside}" if fside >= 2 else "it needs at least 2x2: use a larger "
+                   "[data].image_size") + ", or set patch_weight = 0 and origin_weight = 0"]
+    return side_problem("grid", grid, where, origin, facts, "a cell must hold at least one pixel")
+
+
 @MIXERS.register()
 class PatchMix(Mixer):
     """PatchMix (mixbench reconstruction): g x g grid compositions of image pairs, random or evolved."""
@@ -214,8 +254,9 @@ class PatchMix(Mixer):
         return self._auto[1]
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
-        out = []
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
+        out = limit_problems(values, where, origin) + grid_problems(values, where, origin, facts)
         if values["elite"] >= values["population"]:
             out.append(f"{origin.get('elite', 'recipe')}: {where}.elite must be smaller than {where}.population "
                        f"({values['population']})")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from math import comb
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,12 @@ from mixbench.mixing.base import (
     alpha_param,
     masked_mix,
     sample_lambda,
+    side_problem,
+    stage_problems,
     to_device,
 )
 from mixbench.mixing.features import FEATURES_FROM, input_saliency, resolve_source
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts
 
 EPS = 1e-8
 
@@ -230,6 +232,19 @@ class PuzzleMix(Mixer):
                               "belief propagation + ICM on the device instead of pyGCO's CPU alpha-beta swap; "
                               "transport by a batched greedy auction; seam cost reduced to its "
                               "cut-dependent part")
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
+        """``saliency_stage`` must be a residual stage of the model it is read from (the trained one, unless
+        ``features_from`` names another run); ``neigh_size`` and ``t_size`` are pixels, at most the image side."""
+        out = [] if values.get("features_from") else stage_problems(
+            "saliency_stage", [values["saliency_stage"]], where, origin, facts, what="take gradient saliency")
+        if out and facts is not None and not facts.stage_hooks:
+            out = [out[0] + "; or set saliency_stage = 0 (the input gradient, any model)"]
+        for key in ("neigh_size", "t_size"):
+            out += side_problem(key, values[key], where, origin, facts, "pixels of a block")
+        return out
 
     def bind(self, model: nn.Module, device: torch.device) -> None:
         self.source = resolve_source(self.features_from, model, device)

@@ -24,7 +24,7 @@ from mixbench.mixing.base import (
     to_device,
 )
 from mixbench.mixing.cutmix import inside_box
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts
 
 
 def paste_resized(source: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor,
@@ -57,9 +57,11 @@ class ResizeMix(Mixer):
     }
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
         if values.get("scale_min", 0) > values.get("scale_max", 1):
-            return [f"{where}.scale_min must not exceed {where}.scale_max"]
+            return [f"{origin.get('scale_min', 'recipe')}: {where}.scale_min must not exceed {where}.scale_max "
+                    f"({values.get('scale_max')})"]
         return []
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mixbench.mixing.base import LAM_MODE, MIXERS, Mixer, MixOutput, MixRNG, masked_mix, to_device
-from mixbench.params import Param
+from mixbench.params import Param, RunFacts
 
 
 def gaussian_masks(cy: torch.Tensor, cx: torch.Tensor, sigma: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -38,9 +38,11 @@ class SmoothMix(Mixer):
     differs: ClassVar[str] = "label weight of the first image is 1 − mean(G) (openmixup inverts it)"
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
         if values.get("sigma_min", 0) > values.get("sigma_max", np.inf):
-            return [f"{where}.sigma_min must not exceed {where}.sigma_max"]
+            return [f"{origin.get('sigma_min', 'recipe')}: {where}.sigma_min must not exceed {where}.sigma_max "
+                    f"({values.get('sigma_max')})"]
         return []
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:

@@ -6,6 +6,7 @@ each g_k keeps its own settings (``[method.<mixer>]`` tables) and reports its ow
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 
 from mixbench.errors import did_you_mean
 from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG
-from mixbench.params import Param, check_table, resolve_paths
+from mixbench.params import Param, RunFacts, call_check, check_table, resolve_paths, show
 
 
 def switch_params() -> dict[str, Param]:
@@ -37,19 +38,20 @@ class Switch(Mixer):
     params: dict[str, Param] = {}  # filled by mixbench.mixing once every mixer is registered
 
     @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
+              facts: RunFacts | None = None) -> list[str]:
         problems: list[str] = []
         names, probs = values.get("mixers", []), values.get("probs", [])
         src = origin.get("mixers", "recipe")
         valid = [e.name for e in MIXERS if e.name != "switch"]
         bad = [m for m in names if m not in valid]
         if not names or bad:
-            hint = did_you_mean(bad[0], valid) if bad else ""
-            problems.append(f"{src}: {where}.mixers: expected names of mixers, got {names}{hint}; "
+            hint = did_you_mean(bad[0], valid) if bad and len(bad[0]) < 100 else ""
+            problems.append(f"{src}: {where}.mixers: expected names of mixers, got {show(names)}{hint}; "
                             f"valid: {', '.join(valid)}")
-        if probs and (len(probs) != len(names) or any(p < 0 for p in probs) or sum(probs) <= 0):
+        if probs and (len(probs) != len(names) or any(p < 0 for p in probs) or not 0 < sum(probs) < math.inf):
             problems.append(f"{origin.get('probs', 'recipe')}: {where}.probs: expected {len(names)} "
-                            f"numbers >= 0 with a positive sum (one per mixer), got {probs}")
+                            f"numbers >= 0 with a positive, finite sum (one per mixer), got {show(probs)}")
         for name in valid:
             table = values.get(name) or {}
             if table and name not in names:
@@ -61,7 +63,7 @@ class Switch(Mixer):
             sub_origin = {k[len(name) + 1:]: v for k, v in origin.items() if k.startswith(name + ".")}
             child = MIXERS.get(name)
             filled, probs_ = check_table(table, child.params, f"{where}.{name}", sub_origin)
-            problems += probs_ or child.check(filled, f"{where}.{name}", sub_origin)
+            problems += probs_ or call_check(child.check, filled, f"{where}.{name}", sub_origin, facts)
             resolve_paths(filled, child.params, sub_origin)
             values[name] = filled
         return problems

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixbench.errors import UserError
+from mixbench.errors import UserError, did_you_mean
 from mixbench.models.base import Backbone, Classifier
 from mixbench.models.preact_resnet import preactresnet18, wrn28_8
 from mixbench.models.resnet_cifar import BasicBlock, Bottleneck, resnet_backbone, resnext_groups
@@ -47,6 +47,54 @@ def preactresnet18_cifar(width=1.0, in_chans=3, drop_rate=0.0, **_):
 @MODELS.register("wrn28_8_cifar", doc="Wide ResNet-28-8 (pre-activation, dropout option), 512-d features")
 def wrn28_8_cifar(width=1.0, in_chans=3, drop_rate=0.0, **_):
     return wrn28_8(width, in_chans, drop_rate)
+
+
+# Strides of the residual stages of each built-in backbone (the stem keeps the resolution): what
+# validation needs to know about a backbone without building it. A registered name missing here is
+# simply not checked.
+STAGE_STRIDES: dict[str, tuple[int, ...]] = {
+    **{name: (1, 2, 2, 2) for name in RESNETS},
+    "preactresnet18_cifar": (1, 2, 2, 2),
+    "wrn28_8_cifar": (1, 2, 2),
+}
+
+
+def num_stages(name: str) -> int | None:
+    """Residual stages of built-in backbone ``name`` (hidden-stage hooks 1..S), from the name alone;
+    ``None`` for a ``timm:`` model (no hidden-stage hooks) or a name this table does not know."""
+    strides = STAGE_STRIDES.get(name)
+    return None if strides is None else len(strides)
+
+
+def feature_side(name: str, image_side: int, stage: int | None = None) -> int | None:
+    """Side of built-in backbone ``name``'s feature map after residual stage ``stage`` (default: the
+    last) for ``image_side`` inputs: every stride-2 stage gives ⌈s / 2⌉ (3x3 conv, padding 1)."""
+    strides = STAGE_STRIDES.get(name)
+    if strides is None:
+        return None
+    side = image_side
+    for stride in strides[: len(strides) if stage is None else stage]:
+        side = -(-side // stride)
+    return side
+
+
+def model_problem(name: str) -> str | None:
+    """Why ``name`` names no backbone (one sentence), or ``None``; timm names are looked up, not built."""
+    if name.startswith("timm:"):
+        timm_name = name[5:]
+        if not timm_name:
+            return "'timm:' needs a timm model name, e.g. timm:resnet18"
+        import timm
+
+        if timm.is_model(timm_name):
+            return None
+        hint = did_you_mean(timm_name, timm.list_models()) if len(timm_name) < 100 else ""
+        return f"unknown timm model '{timm_name[:100]}'{hint}; see timm.list_models()"
+    if name in MODELS:
+        return None
+    shown = name if len(name) <= 100 and name.isprintable() else repr(name[:100])
+    return (f"unknown model '{shown}'{did_you_mean(name, MODELS.names()) if len(name) < 100 else ''}; valid: "
+            f"{', '.join(MODELS.names())}, or timm:<name>")
 
 
 def build_backbone(name: str, *, width: float = 1.0, in_chans: int = 3, image_size: int = 32,
@@ -108,4 +156,5 @@ def load_weights(model: Classifier, path: str | Path) -> None:
         model.head.load_state_dict(head_state)
 
 
-__all__ = ["MODELS", "Backbone", "Classifier", "build_model", "build_backbone", "load_weights"]
+__all__ = ["MODELS", "Backbone", "Classifier", "build_model", "build_backbone", "load_weights", "num_stages",
+           "feature_side", "model_problem", "STAGE_STRIDES"]

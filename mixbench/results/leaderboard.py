@@ -1,12 +1,26 @@
-"""``mixbench compare``: every run's summary.json -> one table per (dataset, backbone, epochs).
+"""``mixbench compare``: every run folder -> one table per (dataset, backbone, epochs).
 
-One row per configuration (method, loss and the recipe's config hash: runs differing only in the
-seed share a row), labelled by the method, ``+ loss`` when the loss is not plain CE, and the
-recipe name when two rows would otherwise look alike. Per row: completed runs n; top-1 = median
-of the last 10 evaluated epochs, as mean ± sample std over runs (± 0.00 for a single run); best
-and last top-1 (means); Δ to ``vanilla`` in the same group; the momentum encoder's top-1 for
-AutoMix/SAMix (its own column, never folded into top-1); wall time and images/s (means). Runs
-that did not complete are never averaged in: their counts appear in the ``other`` column (e.g. ``1 interrupted``).
+Run folders are found by their summary.json or meta.json (a run still going, or killed before
+its first summary, has only the latter). One row per configuration (method, loss and the
+recipe's config hash: runs differing only in the seed share a row), labelled by the method,
+``+ loss`` when the loss is not plain CE, and the recipe name when two rows would otherwise look
+alike. Per row: completed runs n; top-1 as mean ± sample std over runs (± 0.00 for a single
+run); best and last top-1 (means); Δ to ``vanilla`` in the same group; the momentum encoder's
+top-1 for AutoMix/SAMix (its own column, never folded into top-1); wall time and images/s (means).
+
+Headline top-1 = the median of the last N evaluated epochs, N from the schedule: the last 10
+evaluated epochs for runs of 200 or more epochs (OpenMixup's rule), otherwise the last 5 % of
+the evaluated epochs, rounded up, at least 1 (6 epochs -> 1, 100 -> 5, 199 -> 10); N is at most
+the number of evaluated epochs. The column header names the real N (``top-1 (median of last 1)``),
+and each row's ``median_window`` holds it (see ``mixbench.results.inspect``).
+
+Nothing suspicious is averaged in silently: every run folder that is skipped or has a problem
+gets one ``warning: <run folder>: ...`` line on stderr (truncated metrics.jsonl, missing
+checkpoint.pt, NaN / inf / negative / wrong-typed values, which are left out of every mean;
+wrong-typed dataset, backbone, method or epochs, which leave the run out). Runs that did not
+complete are never averaged in: their counts appear in the ``other`` column (``1 interrupted``,
+``1 running``, ``1 stale`` for a run whose process is gone, ``1 invalid`` for a completed run with
+no usable top-1, ``1 unreadable``).
 """
 
 from __future__ import annotations
@@ -14,6 +28,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +38,11 @@ import pandas as pd
 from tabulate import tabulate
 
 from mixbench.errors import UserError
+from mixbench.results.inspect import LONG_RUN_EPOCHS, LONG_RUN_WINDOW, inspect_run
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 REFERENCE_CSV = Path(__file__).with_name("reference_cifar.csv")
-COLUMNS = ["method", "n", "top1", "top1_std", "delta", "best", "last", "momentum_top1", "wall_min",
+COLUMNS = ["method", "n", "top1", "top1_std", "median_window", "delta", "best", "last", "momentum_top1", "wall_min",
            "images_per_s", "mixer_ms", "other"]
 
 
@@ -36,6 +53,7 @@ class Group:
     epochs: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     labels: int | None = None  # semi-supervised: labelled images; None = every label
+    windows: list[int] = field(default_factory=list)  # median windows of the averaged runs
 
     @property
     def title(self) -> str:
@@ -43,31 +61,55 @@ class Group:
         return f"{self.dataset} · {self.backbone} · {self.epochs} epochs{labelled}"
 
 
-def collect_runs(dirs: list[Path]) -> pd.DataFrame:
-    """One row per summary.json below ``dirs``; unreadable files become rows with that status."""
-    rows = []
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def find_runs(dirs: list[Path]) -> list[Path]:
+    """Every run folder below ``dirs``: one holding a summary.json or a meta.json.
+
+    Hidden folders are skipped: an ``--overwrite`` stages its new run in ``.<name>.<run id>.staging``
+    until its first checkpoint, and the run it replaces waits there a moment during the swap.
+    """
     missing = [str(d) for d in dirs if not Path(d).is_dir()]
     if missing:
         raise UserError(f"compare: no such folder: {', '.join(missing)}")
+    found: dict[Path, Path] = {}
     for d in dirs:
-        for path in sorted(Path(d).rglob("summary.json")):
-            try:
-                s = json.loads(path.read_text())
-                if not isinstance(s, dict) or "method" not in s:
-                    raise ValueError("not a mixbench summary")
-            except (OSError, ValueError):
-                s = {"status": "unreadable", "method": path.parent.parent.name}
-            s["path"] = str(path.parent)
-            rows.append(s)
-    if not rows:
-        raise UserError(f"compare: no summary.json found below {', '.join(map(str, dirs))}; "
+        for name in ("summary.json", "meta.json"):
+            for path in Path(d).rglob(name):
+                if not any(part.startswith(".") for part in path.relative_to(d).parts):
+                    found.setdefault(path.parent.resolve(), path.parent)
+    return sorted(found.values())
+
+
+def collect_runs(dirs: list[Path], *, warn: Callable[[str], None] | None = _stderr) -> pd.DataFrame:
+    """One row per run folder below ``dirs``, each checked by ``inspect_run``.
+
+    Every folder with a problem gives one warning line to ``warn`` (stderr by default); bad values
+    are blanked, runs with wrong-typed identity fields left out, unfinished runs kept with their status.
+    """
+    folders = find_runs(dirs)
+    if not folders:
+        raise UserError(f"compare: no summary.json or meta.json found below {', '.join(map(str, dirs))}; "
                         "run `mixbench run RECIPE` first")
+    rows = []
+    for folder in folders:
+        rec = inspect_run(folder)
+        if warn is not None and rec.warning():
+            warn(rec.warning())
+        if not rec.skip:
+            rows.append(rec.row)
+    if not rows:
+        raise UserError(f"compare: none of the {len(folders)} run folders below {', '.join(map(str, dirs))} "
+                        "can be used (see the warnings above)")
     df = pd.DataFrame(rows)
-    for col in ("dataset", "backbone", "epochs", "top1_median_last10", "top1_best", "top1_last",
-                "wall_time_s", "images_per_s", "mixer_ms_per_step", "momentum_top1_median_last10", "loss",
+    for col in ("method", "status", "dataset", "backbone", "epochs", "top1", "median_window", "top1_best",
+                "top1_last", "wall_time_s", "images_per_s", "mixer_ms_per_step", "momentum_top1", "loss",
                 "run_id", "name", "labels"):
         if col not in df:
             df[col] = None
+    df["method"] = df["method"].fillna("?")
     loss = df["loss"].where(df["loss"].notna() & (df["loss"] != "ce"), "")
     df["label"] = df["method"].astype(str) + loss.map(lambda v: f" + {v}" if v else "")
     config = df["run_id"].map(lambda r: str(r).split("-", 1)[-1] if isinstance(r, str) else "")
@@ -82,19 +124,21 @@ def _mean(s: pd.Series) -> float | None:
 
 def _method_row(method: str, runs: pd.DataFrame) -> dict[str, Any]:
     """One leaderboard row from the runs of one configuration."""
-    done = runs[runs["status"] == "completed"]
+    done = runs[runs["status"] == "completed"]  # inspect_run marks completed runs without a usable top-1 invalid
     others = runs[runs["status"] != "completed"]["status"].value_counts()
-    top1 = pd.to_numeric(done["top1_median_last10"], errors="coerce").dropna()
+    top1 = pd.to_numeric(done["top1"], errors="coerce").dropna()
+    windows = sorted({int(w) for w in pd.to_numeric(done["median_window"], errors="coerce").dropna()})
     wall = _mean(done["wall_time_s"])
     return {
         "method": method, "n": int(len(done)),
         "top1": float(top1.mean()) if len(top1) else None,
         "top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else (0.0 if len(top1) else None),
+        "median_window": (windows[0] if len(windows) == 1 else f"{windows[0]}-{windows[-1]}") if windows else None,
         "delta": None, "best": _mean(done["top1_best"]), "last": _mean(done["top1_last"]),
-        "momentum_top1": _mean(done["momentum_top1_median_last10"]),
+        "momentum_top1": _mean(done["momentum_top1"]),
         "wall_min": wall / 60 if wall is not None else None,
         "images_per_s": _mean(done["images_per_s"]), "mixer_ms": _mean(done["mixer_ms_per_step"]),
-        "other": ", ".join(f"{n} {status}" for status, n in others.items()),
+        "other": ", ".join(f"{n} {status}" for status, n in sorted(others.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
 
 
@@ -110,6 +154,8 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[
         group = Group(dataset, backbone, int(epochs), labels=None if labels < 0 else int(labels))
         configs = [r for _, r in g.groupby("row_key", sort=True)]
         group.rows = [_method_row(r["label"].iloc[0], r) for r in configs]
+        done = g[g["status"] == "completed"]
+        group.windows = sorted({int(w) for w in pd.to_numeric(done["median_window"], errors="coerce").dropna()})
         labels = [r["method"] for r in group.rows]
         for row, r in zip(group.rows, configs, strict=True):
             if labels.count(row["method"]) > 1:  # same label, other settings: name the recipe
@@ -155,8 +201,24 @@ def _display(row: dict[str, Any]) -> list[str]:
             _fmt(row["mixer_ms"], 2), row["other"]]
 
 
-HEADERS = ["method", "n", "top-1 (med. last 10)", "Δ vanilla", "best", "last", "momentum enc. top-1",
+HEADERS = ["method", "n", "top-1", "Δ vanilla", "best", "last", "momentum enc. top-1",
            "wall (min)", "img/s", "mixer ms/step", "other runs"]
+
+
+def top1_header(windows: list[int]) -> str:
+    """'top-1 (median of last N)' with the real N of the averaged runs (a range where they differ)."""
+    if not windows:
+        return "top-1"
+    n = str(windows[0]) if len(windows) == 1 else f"{windows[0]}-{windows[-1]}"
+    return f"top-1 (median of last {n})"
+
+
+def window_note(group: Group) -> str:
+    """A line under the table when runs of a 200+ epoch schedule had fewer than 10 evaluated epochs."""
+    if group.epochs >= LONG_RUN_EPOCHS and group.windows and group.windows[0] < LONG_RUN_WINDOW:
+        return (f"note: top-1 is the median of fewer than the last {LONG_RUN_WINDOW} evaluated epochs: "
+                "some runs evaluated less often")
+    return ""
 
 
 def render(groups: list[Group], fmt: str) -> str:
@@ -177,10 +239,14 @@ def render(groups: list[Group], fmt: str) -> str:
     momentum_col = HEADERS.index("momentum enc. top-1")
     for g in groups:
         rows, headers = [_display(r) for r in g.rows], list(HEADERS)
+        headers[2] = top1_header(g.windows)
         if not any(r[momentum_col] for r in rows):  # only learned-mixer runs have a momentum encoder
             rows, headers = [r[:momentum_col] + r[momentum_col + 1:] for r in rows], headers[:momentum_col] + \
                 headers[momentum_col + 1:]
         table = tabulate(rows, headers=headers, tablefmt=style, disable_numparse=True)
         title = {"markdown": f"### {g.title}\n", "latex": f"% {g.title}\n"}.get(fmt, f"{g.title}\n")
+        note = window_note(g)
+        if note:
+            table += {"markdown": f"\n\n{note}", "latex": f"\n% {note}"}.get(fmt, f"\n{note}")
         parts.append(title + table)
     return "\n\n".join(parts)

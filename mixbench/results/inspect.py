@@ -1,0 +1,399 @@
+"""Read one run folder without trusting it: the headline window, the run line's wording, and the
+checks ``compare`` makes before it averages anything.
+
+The headline top-1 is the median of the last N evaluated epochs. N comes from the schedule: runs
+of 200 or more epochs take the last 10 evaluated epochs (OpenMixup's rule for its CIFAR tables);
+shorter runs take the last 5 % of their evaluated epochs, rounded up, at least 1 (6 epochs -> 1,
+40 -> 2, 100 -> 5, 199 -> 10). N never exceeds the evaluated epochs there are; where it falls short
+of the window, the wording says so.
+
+``inspect_run`` turns a run folder (summary.json, meta.json, metrics.jsonl, recipe.toml,
+checkpoint.pt) into one record for the leaderboard plus a list of problems, each a phrase that
+says what is wrong and what compare does about it. Bad values (NaN, inf, negative, out of range,
+wrong type) are dropped, never averaged. No torch import here (``compare`` must stay light).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixbench.results.liveness import is_stale
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+LONG_RUN_EPOCHS = 200  # schedules this long use OpenMixup's fixed window
+LONG_RUN_WINDOW = 10
+SHORT_RUN_DIVISOR = 20  # otherwise 1/20 = 5 % of the evaluated epochs, rounded up
+
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+LAST10 = ("top1_median_last10", "momentum_top1_median_last10")  # summary.json's stored medians
+ACCURACIES = ("top1_best", "top1_last", "top1_median", "momentum_top1_median", *LAST10)
+POSITIVE = ("wall_time_s", "images_per_s")  # must be > 0 in a completed run
+NON_NEGATIVE = ("mixer_ms_per_step",)
+
+
+def median_window(epochs: int | None, evaluated: int) -> int:
+    """The window the rule asks for: 10 for a schedule of 200+ epochs, else ceil(5 % of ``evaluated``), >= 1.
+
+    ``epochs`` is the recipe's schedule (None: unknown, judged by ``evaluated``); the window actually
+    used is ``min(window, evaluated)``.
+    """
+    if (epochs if epochs is not None else evaluated) >= LONG_RUN_EPOCHS:
+        return LONG_RUN_WINDOW
+    return max(1, -(-evaluated // SHORT_RUN_DIVISOR))
+
+
+@dataclass
+class WindowMedian:
+    value: float | None
+    n: int  # evaluated epochs the median covers
+    window: int  # what the rule asked for (n < window: the run has fewer evaluated epochs)
+
+
+def window_median(values: list[float], epochs: int | None) -> WindowMedian:
+    """The median of the last N of ``values`` (evaluated accuracies, in epoch order), N by the rule above."""
+    window = median_window(epochs, len(values))
+    n = min(window, len(values))
+    return WindowMedian(statistics.median(values[-n:]) if n else None, n, window)
+
+
+def median_phrase(n: int, window: int | None = None) -> str:
+    """'median of last 5 epochs', noting when the run had fewer evaluated epochs than its window."""
+    text = f"median of last {n} epoch{'s' if n != 1 else ''}"
+    if window is not None and n < window:
+        text += f" (only {n} evaluated; window {window})"
+    return text
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """metrics.jsonl's readable lines, and what is wrong with the others ('the last line is not JSON')."""
+    lines, problems = [], []
+    raw = Path(path).read_text(errors="replace").splitlines()
+    for i, line in enumerate(raw, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            problems.append(f"{'the last line' if i == len(raw) else f'line {i}'} is not JSON")
+            continue
+        if not isinstance(record, dict) or not _is_int(record.get("epoch")):
+            problems.append(f"line {i} has no integer epoch")
+            continue
+        lines.append(record)
+    return lines, problems
+
+
+def evaluated(metrics: list[dict[str, Any]], key: str = "top1") -> tuple[list[float], list[str]]:
+    """The evaluated values of ``key`` in epoch order (null = not evaluated), and any bad ones."""
+    values, problems = [], []
+    for m in metrics:
+        v = m.get(key)
+        if v is None:
+            continue
+        bad = _bad_accuracy(v)
+        if bad:
+            problems.append(f"epoch {m['epoch']}'s {key} {bad}")
+        else:
+            values.append(float(v))
+    return values, problems
+
+
+def headline(summary: dict[str, Any], metrics: list[dict[str, Any]] | Path | str) -> str:
+    """The run line's top-1 headline, e.g. 'median of last 1 epoch 58.50%'; '' when there is none.
+
+    ``metrics``: the epoch lines, or the run folder (or its metrics.jsonl) to read them from.
+    """
+    epochs = summary.get("epochs")
+    epochs = epochs if _is_int(epochs) else None
+    stored = _stored_median(summary, "top1")
+    if stored is not None:
+        value, n = stored
+        return f"{median_phrase(n, _stored_window(n, epochs))} {value:.2f}%"
+    if isinstance(metrics, (str, Path)):
+        path = Path(metrics)
+        path = path / "metrics.jsonl" if path.is_dir() else path
+        metrics = read_metrics(path)[0] if path.is_file() else []
+    values, _ = evaluated(metrics)
+    wm = window_median(values, epochs)
+    if wm.value is None:
+        return ""
+    return f"{median_phrase(wm.n, wm.window)} {wm.value:.2f}%"
+
+
+@dataclass
+class RunRecord:
+    """One run as compare sees it: ``row`` feeds the leaderboard, ``problems`` the warning line."""
+
+    path: Path
+    row: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    skip: bool = False  # unusable even for grouping (wrong-typed fields): warned about, left out
+
+    def warning(self) -> str | None:
+        return f"warning: {self.path}: {'; '.join(self.problems)}" if self.problems else None
+
+
+def inspect_run(folder: Path) -> RunRecord:
+    """Read and check one run folder (see the module docstring).
+
+    ``row["status"]``: the summary's status, ``running`` / ``stale`` while meta.json says running,
+    ``unreadable`` for a summary.json that is not one, ``invalid`` for a completed run without a
+    usable top-1. Only ``completed`` rows are averaged.
+    """
+    folder = Path(folder)
+    rec = RunRecord(folder, {"path": str(folder)})
+    problems, row = rec.problems, rec.row
+    summary = _read_json(folder / "summary.json", problems, need_method=True)
+    meta = _read_json(folder / "meta.json", problems)
+    recipe = _read_recipe(folder)
+
+    info = dict(summary or {})
+    for k, v in _from_recipe(recipe, meta).items():
+        info.setdefault(k, v)
+    if summary is None and (folder / "summary.json").exists():
+        row["status"] = "unreadable"
+        info.setdefault("method", folder.parent.name)
+
+    meta_status = (meta or {}).get("status")
+    if meta_status == "running":  # also a resumed run whose summary.json is from before
+        row["status"] = "stale" if is_stale(meta) else "running"
+    elif "status" not in row:
+        row["status"] = info.get("status", meta_status)
+    status = row["status"]
+    if not isinstance(status, str):
+        problems.append("no status in summary.json or meta.json, run skipped" if status is None
+                        else f"status is {_show(status)}, not a string, run skipped")
+        rec.skip = True
+        return rec
+
+    for key in ("method", "dataset", "backbone", "loss", "name", "run_id"):
+        v = info.get(key)
+        if v is not None and not isinstance(v, str):
+            problems.append(f"{key} is {_show(v)}, not a string, run skipped")
+            rec.skip = True
+    for key in ("epochs", "labels", "epochs_done"):
+        v = info.get(key)
+        if v is not None and not _is_int(v):
+            problems.append(f"{key} is {_show(v)}, not an integer, run skipped")
+            rec.skip = True
+    if rec.skip:
+        return rec
+    for key in ("method", "dataset", "backbone", "epochs", "labels", "loss", "name", "run_id"):
+        row[key] = info.get(key)
+
+    metrics, metric_problems = [], []
+    metrics_path = folder / "metrics.jsonl"
+    if metrics_path.is_file():
+        metrics, metric_problems = read_metrics(metrics_path)
+    epochs = info.get("epochs")
+    last_epoch = max((m["epoch"] for m in metrics), default=0)
+    of_epochs = f"{epochs if epochs is not None else '?'} epochs"
+
+    if status in ("running", "stale"):
+        if status == "stale":
+            problems.append(f"stale: meta.json says running, but no process {meta.get('pid')} is alive on this "
+                            f"host (killed?) after {last_epoch} of {of_epochs}, not averaged")
+        else:
+            host = (meta or {}).get("host")
+            where = f" (pid {meta.get('pid')} on {host})" if host else ""
+            problems.append(f"still running{where}: {last_epoch} of {of_epochs} done, not averaged")
+        return rec
+    if status != "completed":
+        if status == "unreadable":
+            problems.append("summary.json is not a readable mixbench summary, not averaged")
+        else:
+            done = info.get("epochs_done", last_epoch or None)
+            after = f" after {done} of {of_epochs}" if done is not None else ""
+            unknown = "" if status in STATUSES else " (unknown status)"
+            problems.append(f"status {status}{unknown}{after}, not averaged")
+        return rec
+
+    # completed: check everything compare would average
+    if not (folder / "checkpoint.pt").is_file():
+        problems.append("no checkpoint.pt (cannot be resumed or re-evaluated), still averaged")
+    if summary is None:
+        problems.append("meta.json says completed but there is no summary.json, run not averaged")
+        row["status"] = "invalid"
+        return rec
+    done = info.get("epochs_done")
+    if done is not None and epochs is not None and done < epochs:
+        problems.append(f"status completed but only {done} of {of_epochs} done, run not averaged")
+        row["status"] = "invalid"
+        return rec
+
+    bad_values: dict[str, str] = {}
+    for key in ACCURACIES + POSITIVE + NON_NEGATIVE:
+        v = info.get(key)
+        bad = None if v is None else (_bad_accuracy(v) if key in ACCURACIES else _bad_number(v, key in POSITIVE))
+        row[key] = None if bad or v is None else float(v)
+        if bad:
+            bad_values[key] = bad
+
+    metrics_note = None
+    if not metrics_path.is_file():
+        metrics_note = "no metrics.jsonl"
+    else:
+        coverage = max(x for x in (done, epochs, 0) if x is not None)
+        parts = list(metric_problems)
+        if last_epoch < coverage:
+            parts.append(f"its last readable epoch is {last_epoch} of {coverage}")
+        if parts:
+            cut = all(p.startswith(("the last line", "its last")) for p in parts)
+            metrics_note = f"metrics.jsonl is {'truncated' if cut else 'corrupt'}: {', '.join(parts)}"
+    complete = metrics_note is None
+
+    every, sources = _eval_every(recipe), {}
+    for key in ("top1", "momentum_top1"):
+        value, n, source = _headline_value(info, row, metrics if complete else None, key, epochs, every)
+        row[key], sources[key] = value, source
+        if key == "top1":
+            row["median_window"] = n
+        if value is not None and source.startswith("summary.json's") and metrics_note:
+            metrics_note += f"; {key} from {source}"
+        elif value is None and source:
+            if key == "top1":
+                row["status"] = "invalid"
+            problems.append(f"no usable {key} ({source}), {'run' if key == 'top1' else key} not averaged")
+    for key, bad in bad_values.items():
+        base = key.replace("_median_last10", "")
+        used = key in LAST10 and row[base] is not None
+        problems.append(f"{key} {bad}, " + (f"ignored ({base} taken from {sources[base]})" if used else "not averaged"))
+    if metrics_note:
+        problems.append(metrics_note)
+    return rec
+
+
+def _headline_value(summary: dict[str, Any], row: dict[str, Any], metrics: list[dict[str, Any]] | None, key: str,
+                    epochs: int | None, every: int | None) -> tuple[float | None, int | None, str]:
+    """(median of the last N, N, where it came from / why there is none) for ``top1`` or ``momentum_top1``.
+
+    Taken from summary.json's ``<key>_median`` + ``median_window`` when summarize stored them, else from
+    a complete metrics.jsonl, else from summary.json where it holds the same statistic: ``<key>_last``
+    when N is 1, ``<key>_median_last10`` for a 200+ epoch schedule. Otherwise there is none (reason).
+    """
+    stored = _stored_median(summary, key)
+    if stored is not None:
+        return stored[0], stored[1], "summary.json's median"
+    if metrics is not None:
+        values, bad = evaluated(metrics, key)
+        if bad:
+            return None, None, f"metrics.jsonl: {bad[0]}"
+        if values:
+            wm = window_median(values, epochs)
+            return wm.value, wm.n, "metrics.jsonl"
+        return None, None, "no evaluated epoch in metrics.jsonl" if key == "top1" else ""
+    if epochs is None:
+        return None, None, "no epochs and no complete metrics.jsonl"
+    count = len({*range(every or 1, epochs + 1, every or 1), epochs})  # evaluated epochs of the schedule
+    n = min(median_window(epochs, count), count)
+    last, last10 = row.get(f"{key}_last"), row.get(f"{key}_median_last10")  # bad values dropped already
+    if n == 1 and last is not None:
+        return last, 1, f"summary.json's {key}_last"
+    if epochs >= LONG_RUN_EPOCHS and last10 is not None:
+        return last10, n, f"summary.json's {key}_median_last10"
+    field_ = f"{key}_last" if n == 1 else f"{key}_median_last10" if epochs >= LONG_RUN_EPOCHS else None
+    if field_ and summary.get(field_) is not None:  # there, but a bad value (reported as such)
+        return None, None, f"summary.json's {field_} is unusable and metrics.jsonl is not complete"
+    if summary.get(f"{key}_last") is None and summary.get(f"{key}_median_last10") is None:
+        return None, None, "" if key != "top1" else "none in summary.json and no complete metrics.jsonl"
+    return None, None, (f"the median of the last {n} of {count} evaluated epochs needs a complete metrics.jsonl; "
+                        "summary.json holds only the median of the last 10")
+
+
+def _stored_median(summary: dict[str, Any], key: str) -> tuple[float, int] | None:
+    """summary.json's ``<key>_median`` and ``median_window``, when summarize wrote them and they are sane."""
+    value, n = summary.get(f"{key}_median"), summary.get("median_window")
+    if value is None or not _is_int(n) or n < 1 or _bad_accuracy(value):
+        return None
+    return float(value), int(n)
+
+
+def _stored_window(n: int, epochs: int | None) -> int:
+    """The rule's window for a stored median over ``n`` epochs: only a 200+ epoch run can fall short."""
+    return LONG_RUN_WINDOW if epochs is not None and epochs >= LONG_RUN_EPOCHS else n
+
+
+def _read_recipe(folder: Path) -> dict[str, Any]:
+    try:
+        recipe = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in recipe.items() if k == "name" or isinstance(v, dict)}
+
+
+def _eval_every(recipe: dict[str, Any]) -> int | None:
+    every = recipe.get("eval", {}).get("every")
+    return every if _is_int(every) and every >= 1 else None
+
+
+def _from_recipe(recipe: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Grouping fields for a run without a (complete) summary.json: meta.json, then recipe.toml."""
+    out: dict[str, Any] = {}
+    if isinstance(meta, dict):
+        for key, mkey in (("method", "method"), ("name", "recipe_name"), ("run_id", "run_id")):
+            if meta.get(mkey) is not None:
+                out[key] = meta[mkey]
+    for key, (table, name) in (("dataset", ("data", "source")), ("backbone", ("model", "name")),
+                               ("epochs", ("train", "epochs")), ("loss", ("loss", "name")),
+                               ("method", ("method", "name"))):
+        value = recipe.get(table, {}).get(name)
+        if value is not None:
+            out.setdefault(key, value)
+    if recipe.get("name") is not None:
+        out.setdefault("name", recipe["name"])
+    return out
+
+
+def _read_json(path: Path, problems: list[str], need_method: bool = False) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or (need_method and "method" not in data):
+            raise ValueError("not a mixbench record")
+    except (OSError, ValueError) as e:
+        if not need_method:  # an unreadable summary.json is reported with the status
+            problems.append(f"{path.name} is unreadable ({type(e).__name__})")
+        return None
+    return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _show(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _bad_number(v: Any, positive: bool) -> str | None:
+    """Why ``v`` cannot be averaged as a time or rate, or None."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return f"is {_show(v)}, not a number"
+    if math.isnan(v):
+        return "is NaN"
+    if math.isinf(v):
+        return f"is {v}"
+    if v < 0:
+        return f"is negative ({v})"
+    if positive and v == 0:
+        return "is 0"
+    return None
+
+
+def _bad_accuracy(v: Any) -> str | None:
+    """Why ``v`` is not a top-1/top-5 percentage, or None."""
+    bad = _bad_number(v, positive=False)
+    if bad is None and v > 100:
+        return f"is {v}, above 100 %"
+    return bad
