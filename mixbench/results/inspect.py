@@ -152,18 +152,33 @@ def inspect_run(folder: Path) -> RunRecord:
     """
     folder = Path(folder)
     rec = RunRecord(folder, {"path": str(folder)})
-    problems, row = rec.problems, rec.row
-    summary = _read_json(folder / "summary.json", problems, need_method=True)
-    meta = _read_json(folder / "meta.json", problems)
+    summary = _read_json(folder / "summary.json", rec.problems, need_method=True)
+    meta = _read_json(folder / "meta.json", rec.problems)
     recipe = _read_recipe(folder)
-
     info = dict(summary or {})
     for k, v in _from_recipe(recipe, meta).items():
         info.setdefault(k, v)
     if summary is None and (folder / "summary.json").exists():
-        row["status"] = "unreadable"
+        rec.row["status"] = "unreadable"
         info.setdefault("method", folder.parent.name)
+    if not _check_identity(rec, info, meta):
+        return rec
+    metrics, metric_problems = [], []
+    if (folder / "metrics.jsonl").is_file():
+        metrics, metric_problems = read_metrics(folder / "metrics.jsonl")
+    if rec.row["status"] != "completed":
+        _note_unfinished(rec, info, meta, metrics)
+    elif summary is None:
+        rec.problems.append("meta.json says completed but there is no summary.json, run not averaged")
+        rec.row["status"] = "invalid"
+    else:
+        _check_completed(rec, info, recipe, metrics, metric_problems)
+    return rec
 
+
+def _check_identity(rec: RunRecord, info: dict[str, Any], meta: dict[str, Any] | None) -> bool:
+    """Settle the row's status and copy the fields that group runs; False (run skipped) when one is mistyped."""
+    row, problems = rec.row, rec.problems
     meta_status = (meta or {}).get("status")
     if meta_status == "running":  # also a resumed run whose summary.json is from before
         row["status"] = "stale" if is_stale(meta) else "running"
@@ -174,8 +189,7 @@ def inspect_run(folder: Path) -> RunRecord:
         problems.append("no status in summary.json or meta.json, run skipped" if status is None
                         else f"status is {_show(status)}, not a string, run skipped")
         rec.skip = True
-        return rec
-
+        return False
     for key in ("method", "dataset", "backbone", "loss", "name", "run_id"):
         v = info.get(key)
         if v is not None and not isinstance(v, str):
@@ -187,50 +201,63 @@ def inspect_run(folder: Path) -> RunRecord:
             problems.append(f"{key} is {_show(v)}, not an integer, run skipped")
             rec.skip = True
     if rec.skip:
-        return rec
+        return False
     for key in ("method", "dataset", "backbone", "epochs", "labels", "loss", "name", "run_id"):
         row[key] = info.get(key)
+    return True
 
-    metrics, metric_problems = [], []
-    metrics_path = folder / "metrics.jsonl"
-    if metrics_path.is_file():
-        metrics, metric_problems = read_metrics(metrics_path)
+
+def _of_epochs(info: dict[str, Any]) -> str:
     epochs = info.get("epochs")
+    return f"{epochs if epochs is not None else '?'} epochs"
+
+
+def _note_unfinished(rec: RunRecord, info: dict[str, Any], meta: dict[str, Any] | None,
+                     metrics: list[dict[str, Any]]) -> None:
+    """The warning for a run that is not averaged: running, stale, stopped, or unreadable."""
+    status, meta = rec.row["status"], meta or {}
     last_epoch = max((m["epoch"] for m in metrics), default=0)
-    of_epochs = f"{epochs if epochs is not None else '?'} epochs"
+    if status == "stale":
+        rec.problems.append(f"stale: meta.json says running, but no process {meta.get('pid')} is alive on this "
+                            f"host (killed?) after {last_epoch} of {_of_epochs(info)}, not averaged")
+    elif status == "running":
+        where = f" (pid {meta.get('pid')} on {meta['host']})" if meta.get("host") else ""
+        rec.problems.append(f"still running{where}: {last_epoch} of {_of_epochs(info)} done, not averaged")
+    elif status == "unreadable":
+        rec.problems.append("summary.json is not a readable mixbench summary, not averaged")
+    else:
+        done = info.get("epochs_done", last_epoch or None)
+        after = f" after {done} of {_of_epochs(info)}" if done is not None else ""
+        unknown = "" if status in STATUSES else " (unknown status)"
+        rec.problems.append(f"status {status}{unknown}{after}, not averaged")
 
-    if status in ("running", "stale"):
-        if status == "stale":
-            problems.append(f"stale: meta.json says running, but no process {meta.get('pid')} is alive on this "
-                            f"host (killed?) after {last_epoch} of {of_epochs}, not averaged")
-        else:
-            host = (meta or {}).get("host")
-            where = f" (pid {meta.get('pid')} on {host})" if host else ""
-            problems.append(f"still running{where}: {last_epoch} of {of_epochs} done, not averaged")
-        return rec
-    if status != "completed":
-        if status == "unreadable":
-            problems.append("summary.json is not a readable mixbench summary, not averaged")
-        else:
-            done = info.get("epochs_done", last_epoch or None)
-            after = f" after {done} of {of_epochs}" if done is not None else ""
-            unknown = "" if status in STATUSES else " (unknown status)"
-            problems.append(f"status {status}{unknown}{after}, not averaged")
-        return rec
 
-    # completed: check everything compare would average
-    if not (folder / "checkpoint.pt").is_file():
+def _metrics_note(folder: Path, metrics: list[dict[str, Any]], metric_problems: list[str],
+                  coverage: int) -> str | None:
+    """What is wrong with metrics.jsonl of a completed run (missing, truncated, corrupt), or None."""
+    if not (folder / "metrics.jsonl").is_file():
+        return "no metrics.jsonl"
+    last_epoch = max((m["epoch"] for m in metrics), default=0)
+    parts = list(metric_problems)
+    if last_epoch < coverage:
+        parts.append(f"its last readable epoch is {last_epoch} of {coverage}")
+    if not parts:
+        return None
+    cut = all(p.startswith(("the last line", "its last")) for p in parts)
+    return f"metrics.jsonl is {'truncated' if cut else 'corrupt'}: {', '.join(parts)}"
+
+
+def _check_completed(rec: RunRecord, info: dict[str, Any], recipe: dict[str, Any] | None,
+                     metrics: list[dict[str, Any]], metric_problems: list[str]) -> None:
+    """Check everything compare would average of a completed run; blank bad values, name each problem."""
+    row, problems = rec.row, rec.problems
+    epochs, done = info.get("epochs"), info.get("epochs_done")
+    if not (rec.path / "checkpoint.pt").is_file():
         problems.append("no checkpoint.pt (cannot be resumed or re-evaluated), still averaged")
-    if summary is None:
-        problems.append("meta.json says completed but there is no summary.json, run not averaged")
-        row["status"] = "invalid"
-        return rec
-    done = info.get("epochs_done")
     if done is not None and epochs is not None and done < epochs:
-        problems.append(f"status completed but only {done} of {of_epochs} done, run not averaged")
+        problems.append(f"status completed but only {done} of {_of_epochs(info)} done, run not averaged")
         row["status"] = "invalid"
-        return rec
-
+        return
     bad_values: dict[str, str] = {}
     for key in ACCURACIES + POSITIVE + NON_NEGATIVE:
         v = info.get(key)
@@ -238,23 +265,11 @@ def inspect_run(folder: Path) -> RunRecord:
         row[key] = None if bad or v is None else float(v)
         if bad:
             bad_values[key] = bad
-
-    metrics_note = None
-    if not metrics_path.is_file():
-        metrics_note = "no metrics.jsonl"
-    else:
-        coverage = max(x for x in (done, epochs, 0) if x is not None)
-        parts = list(metric_problems)
-        if last_epoch < coverage:
-            parts.append(f"its last readable epoch is {last_epoch} of {coverage}")
-        if parts:
-            cut = all(p.startswith(("the last line", "its last")) for p in parts)
-            metrics_note = f"metrics.jsonl is {'truncated' if cut else 'corrupt'}: {', '.join(parts)}"
-    complete = metrics_note is None
-
+    coverage = max(x for x in (done, epochs, 0) if x is not None)
+    metrics_note = _metrics_note(rec.path, metrics, metric_problems, coverage)
     every, sources = _eval_every(recipe), {}
     for key in ("top1", "momentum_top1"):
-        value, n, source = _headline_value(info, row, metrics if complete else None, key, epochs, every)
+        value, n, source = _headline_value(info, row, metrics if metrics_note is None else None, key, epochs, every)
         row[key], sources[key] = value, source
         if key == "top1":
             row["median_window"] = n
@@ -270,7 +285,6 @@ def inspect_run(folder: Path) -> RunRecord:
         problems.append(f"{key} {bad}, " + (f"ignored ({base} taken from {sources[base]})" if used else "not averaged"))
     if metrics_note:
         problems.append(metrics_note)
-    return rec
 
 
 def _headline_value(summary: dict[str, Any], row: dict[str, Any], metrics: list[dict[str, Any]] | None, key: str,
