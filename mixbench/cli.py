@@ -289,6 +289,106 @@ def visualize(
     _guard(go)
 
 
+class Distance(str, Enum):
+    cosine = "cosine"
+    euclidean = "euclidean"
+
+
+def _number_list(text: str, option: str, kind: type) -> list:
+    """``"20,200"`` → ``[20, 200]``; a clear error for anything else."""
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"{option} {text}: expected positive {kind.__name__} values separated by commas, "
+                        f"e.g. {option} {'20,200' if kind is int else '0.07,0.1'}")
+    return list(dict.fromkeys(values))
+
+
+@app.command()
+def knn(
+    path: Annotated[Path, typer.Argument(help="A run folder or its checkpoint.pt.")],
+    k: Annotated[str, typer.Option("--k", help="Neighbour counts, comma-separated.")] = "20,200",
+    t: Annotated[str, typer.Option("--t", help="Temperatures, comma-separated.")] = "0.07,0.1",
+    distance: Annotated[Distance, typer.Option(help="Similarity of features.")] = Distance.cosine,
+    device: Annotated[Device, typer.Option(help="Device to encode and search on.")] = Device.auto,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Data override: data.key=VALUE, "
+                                                   "e.g. data.root=/data/cifar.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when a stored result matches.")] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 500,
+) -> None:
+    """Weighted kNN accuracy of a checkpoint's frozen encoder; stored in RUN/evals/knn-<hash>/result.json."""
+
+    def go() -> None:
+        from mixbench.engine.trainer import resolve_device
+        from mixbench.evaluate.knn import KNNAccuracy, metric_key
+        from mixbench.evaluate.runner import open_checkpoint
+
+        ks, temperatures = _number_list(k, "--k", int), _number_list(t, "--t", float)
+        enc = open_checkpoint(path, "knn", device=resolve_device(device.value), sets=set_ or [], batch=batch,
+                              force=force)
+        evaluator = KNNAccuracy(ks, temperatures, distance.value, batch=batch)
+
+        def compute() -> dict[str, float]:
+            f = enc.features()
+            return evaluator.metrics(f["train_f"], f["train_y"], f["test_f"], f["test_y"], int(f["num_classes"]))
+
+        result = enc.run("knn", evaluator.settings(), compute)
+        print(f"knn: {enc.describe(result)}")
+        for kk in ks:
+            for tt in temperatures:
+                print(f"  k={kk:<4d} T={tt:<6g} top-1 {result['metrics'][metric_key(kk, tt)]:.2f}%")
+        key = enc.data_key
+        print(f"protocol: {evaluator.protocol}; data {key['source']} (train_size {key['train_size']}, "
+              f"test_size {key['test_size']})")
+        print(f"result: {result['path']}")
+
+    _guard(go)
+
+
+@app.command("linear-eval")
+def linear_eval(
+    path: Annotated[Path, typer.Argument(help="A run folder or its checkpoint.pt.")],
+    lr: Annotated[str, typer.Option("--lr", help="Learning rates, comma-separated: all train at once; the one "
+                                    "with the best held-out accuracy is reported.")] = "0.1,0.3,1.0",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs over the training features.")] = 100,
+    batch: Annotated[int, typer.Option(min=1, help="Mini-batch of the linear heads.")] = 256,
+    val_fraction: Annotated[float, typer.Option(help="Share of the training set held out to choose the lr.")] = 0.1,
+    device: Annotated[Device, typer.Option(help="Device to encode and train on.")] = Device.auto,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Data override: data.key=VALUE.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when a stored result matches.")] = False,
+) -> None:
+    """Linear probe of a checkpoint's frozen encoder (BN in eval mode, pooled unaugmented features);
+    stored in RUN/evals/linear-<hash>/result.json."""
+
+    def go() -> None:
+        from mixbench.engine.trainer import resolve_device
+        from mixbench.evaluate.linear import LinearProbe
+        from mixbench.evaluate.runner import open_checkpoint
+
+        lrs = _number_list(lr, "--lr", float)
+        if not 0 < val_fraction < 1:
+            raise UserError(f"--val-fraction {val_fraction}: expected a number between 0 and 1, e.g. 0.1")
+        enc = open_checkpoint(path, "linear-eval", device=resolve_device(device.value), sets=set_ or [],
+                              batch=500, force=force)
+        probe = LinearProbe(lrs, epochs=epochs, batch=batch, val_fraction=val_fraction)
+        settings = {"lrs": lrs, "epochs": epochs, "batch": batch, "val_fraction": val_fraction,
+                    "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "standardize": True,
+                    "bn": "frozen (eval mode, running statistics)", "augment": "none"}
+        result = enc.run("linear", settings, lambda: probe(None, enc.features(), None))
+        m = result["metrics"]
+        print(f"linear-eval: {enc.describe(result)}")
+        for rate in lrs:
+            print(f"  lr {rate:<6g} test top-1 {m[f'linear_top1@lr={rate:g}']:.2f}%")
+        print(f"chosen on {val_fraction:.0%} held-out training images: lr {m['linear_lr']:g} "
+              f"(held-out top-1 {m['linear_val_top1']:.2f}%) -> test top-1 {m['linear_top1']:.2f}%")
+        print(f"protocol: {probe.protocol}")
+        print(f"result: {result['path']}")
+
+    _guard(go)
+
+
 bench_app = typer.Typer(help="Speed benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
