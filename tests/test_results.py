@@ -456,3 +456,144 @@ def test_compare_skips_staged_and_hidden_run_folders(tmp_path):
     write_run(tmp_path / ".vanilla.seed1.staging", "vanilla", 1, 10.0)  # an overwrite's staging folder
     rows = collect_runs([tmp_path], warn=None)
     assert len(rows) == 1 and rows.iloc[0]["path"].endswith("seed0")
+
+
+# --- evaluator columns: linear / knn / ece from evals/*/result.json -----------------------------------------------
+
+def _write_eval(run, folder, evaluator, metrics, created="2024-05-01T10:00:00+00:00", text=None):
+    """A hand-written ``evals/<folder>/result.json`` as mixbench.evaluate.store lays it out."""
+    d = run / "evals" / folder
+    d.mkdir(parents=True)
+    record = {"evaluator": evaluator, "protocol": {"k": 20}, "metrics": metrics, "checkpoint_sha256": "0" * 64,
+              "seconds": 1.5, "created": created}
+    (d / "result.json").write_text(json.dumps(record) if text is None else text)
+
+
+def _evaluated_pair(root):
+    a = _write_run(root, "q/seed0-aaaaaa", top1=[10, 20, 30, 40, 50, 60.0])
+    b = _write_run(root, "q/seed1-aaaaaa", top1=[10, 20, 30, 40, 50, 62.0])
+    _write_eval(a, "linear-abc", "linear", {"linear_top1": 40.0, "linear_lr": 0.1})
+    _write_eval(b, "linear-abc", "linear", {"linear_top1": 44.0, "linear_lr": 0.1})
+    _write_eval(a, "knn-def", "knn", {"knn_top1": 30.0, "knn_top1@k=20,T=0.07": 30.0})
+    _write_eval(b, "knn-def", "knn", {"knn_top1": 34.0, "knn_top1@k=20,T=0.07": 34.0})
+    return a, b
+
+
+def test_compare_shows_evaluator_means(tmp_path, capsys):
+    a, b = _evaluated_pair(tmp_path)
+    _write_eval(a, "linear-old", "linear", {"linear_top1": 99.0}, created="2023-01-01T00:00:00+00:00")  # older
+    groups, err = _compare(tmp_path, capsys)
+    assert not err
+    g, rows = _rows(groups)
+    mix = rows["mixup"]
+    assert mix["linear"] == pytest.approx(42.0) and mix["knn"] == pytest.approx(32.0)  # the most recent result
+    assert "ece" not in mix and "protocols_differ" not in mix and not g.notes  # no calibration anywhere
+    table = render([g], "table")
+    header = table.splitlines()[1]
+    assert "linear top-1" in header and "knn top-1" in header and " ece" not in header
+    assert "42.00" in table and "32.00" in table and "note:" not in table
+    assert "| linear top-1 " in render([g], "markdown") and "42.00" in render([g], "markdown")
+    assert "linear top-1" in render([g], "latex") and "32.00" in render([g], "latex")
+    csv_rows = pd.read_csv(io.StringIO(render([g], "csv")))
+    assert csv_rows["linear"].tolist() == [42.0] and csv_rows["knn"].tolist() == [32.0]
+    assert json.loads(render([g], "json"))[0]["rows"][0]["linear"] == 42.0
+
+
+def test_compare_reads_ece_from_summary_or_calibration(tmp_path, capsys):
+    a, b = _evaluated_pair(tmp_path)
+    _write_eval(a, "calibration-123", "calibration", {"ece": 5.0})
+    (b / "summary.json").write_text(json.dumps(json.loads((b / "summary.json").read_text()) | {"ece": 3.0}))
+    groups, err = _compare(tmp_path, capsys)
+    g, rows = _rows(groups)
+    assert rows["mixup"]["ece"] == pytest.approx(4.0)  # percent, as calibration writes it
+    assert "ece" in render([g], "table").splitlines()[1] and "4.00" in render([g], "table")
+    assert "ece protocols" in "\n".join(g.notes)  # summary.json's ece vs a calibration result: not silent
+
+
+def test_compare_without_evals_looks_as_before(tmp_path, capsys):
+    _good_pair(tmp_path)
+    groups, err = _compare(tmp_path, capsys)
+    g, rows = _rows(groups)
+    assert not err and not g.notes
+    assert not {"linear", "knn", "ece", "protocols_differ"} & set(rows["mixup"])
+    header = render([g], "table").splitlines()[1].split()
+    assert header == ["method", "n", "top-1", "(median", "of", "last", "1)", "Δ", "vanilla", "best", "last",
+                      "wall", "(min)", "img/s", "mixer", "ms/step", "other", "runs"]
+    assert list(pd.read_csv(io.StringIO(render([g], "csv"))).columns) == [
+        "dataset", "backbone", "epochs", "labels", "method", "n", "top1", "top1_std", "median_window", "delta",
+        "best", "last", "momentum_top1", "wall_min", "images_per_s", "mixer_ms", "other"]
+    assert set(json.loads(render([g], "json"))[0]) == {"dataset", "backbone", "epochs", "labels", "rows"}
+
+
+def test_evaluator_columns_only_in_groups_with_values(tmp_path, capsys):
+    _evaluated_pair(tmp_path)
+    _write_run(tmp_path, "long/seed0-bbbbbb", epochs=10, top1=[70.0] * 10)  # another group, no evals
+    groups, _ = _compare(tmp_path, capsys)
+    evaluated, plain = _rows(groups)[0], _rows(groups, epochs=10)[0]
+    assert "linear top-1" in render([evaluated], "table") and "linear" not in render([plain], "table")
+    assert "linear" not in plain.rows[0]
+
+
+def test_compare_never_averages_a_nan_linear_result(tmp_path, capsys):
+    a, b = _evaluated_pair(tmp_path)
+    c = _write_run(tmp_path, "q/seed2-aaaaaa", top1=[10, 20, 30, 40, 50, 64.0])
+    _write_eval(c, "linear-abc", "linear", {}, text='{"evaluator": "linear", "metrics": {"linear_top1": NaN}, '
+                                                   '"created": "2024-05-01T10:00:00+00:00"}')
+    _write_eval(c, "knn-def", "knn", {"knn_top1": 140.0})
+    groups, err = _compare(tmp_path, capsys)
+    line = _warning(err, "q/seed2-aaaaaa")
+    assert "evals/linear-abc/result.json's linear_top1 is NaN, not averaged" in line
+    assert "evals/knn-def/result.json's knn_top1 is 140.0, above 100 %, not averaged" in line
+    _, rows = _rows(groups)
+    mix = rows["mixup"]
+    assert mix["n"] == 3 and mix["top1"] == pytest.approx(62.0)  # the run itself still counts
+    assert mix["linear"] == pytest.approx(42.0) and mix["knn"] == pytest.approx(32.0)
+
+
+def test_compare_notes_differing_protocols(tmp_path, capsys):
+    a, b = _evaluated_pair(tmp_path)
+    _write_eval(b, "linear-xyz", "linear", {"linear_top1": 50.0}, created="2024-06-01T10:00:00+00:00")  # newer
+    groups, err = _compare(tmp_path, capsys)
+    g, rows = _rows(groups)
+    assert rows["mixup"]["linear"] == pytest.approx(45.0)  # 40 (abc) and b's most recent 50 (xyz)
+    assert rows["mixup"]["protocols_differ"] == "linear"
+    note = "note: mixup: its runs used different linear protocols (abc, xyz); the linear mean mixes them"
+    assert g.notes == [note]
+    for fmt in ("table", "markdown", "latex"):
+        assert note in render([g], fmt)
+    assert json.loads(render([g], "json"))[0]["notes"] == [note]
+    assert pd.read_csv(io.StringIO(render([g], "csv")))["protocols_differ"].tolist() == ["linear"]
+
+
+@pytest.mark.parametrize("text,phrase", [
+    ("{not json", "evals/linear-abc/result.json is unreadable (JSONDecodeError), not averaged"),
+    ("[1, 2]", "evals/linear-abc/result.json is list, not a result object, not averaged"),
+    ('{"evaluator": "linear", "metrics": [40.0]}',
+     "evals/linear-abc/result.json's metrics is [40.0] (list), not an object, not averaged"),
+    ('{"evaluator": "linear", "metrics": {"linear_top1": "40"}}',
+     "evals/linear-abc/result.json's linear_top1 is '40' (str), not a number, not averaged"),
+])
+def test_compare_warns_about_unreadable_results(tmp_path, capsys, text, phrase):
+    from typer.testing import CliRunner
+
+    from mixbench.cli import app
+
+    a, b = _evaluated_pair(tmp_path)
+    (b / "evals/linear-abc/result.json").write_text(text)
+    groups, err = _compare(tmp_path, capsys)
+    assert _warning(err, "q/seed1-aaaaaa").endswith(f"seed1-aaaaaa: {phrase}")
+    _, rows = _rows(groups)
+    assert rows["mixup"]["n"] == 2 and rows["mixup"]["linear"] == pytest.approx(40.0)
+    assert rows["mixup"]["knn"] == pytest.approx(32.0)
+    for fmt in ("table", "csv", "json", "markdown", "latex"):
+        r = CliRunner().invoke(app, ["compare", str(tmp_path), "--format", fmt])
+        assert r.exit_code == 0 and "Traceback" not in r.output and phrase in r.stderr
+
+
+def test_compare_modules_stay_torch_free():
+    import subprocess
+    import sys
+
+    code = "import sys, mixbench.results.leaderboard, mixbench.results.inspect; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"

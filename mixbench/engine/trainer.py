@@ -102,6 +102,7 @@ class Trainer:
         self.epoch, self.step, self.wall = 0, 0, 0.0
         self.eval_ctx = EvalContext(run.device, run.recipe.train["precision"], run.dist)
         self.mixer_ms: float | None = None
+        self.calibration: dict[str, float] = {}  # ece, mce, nll of a completed run
         self.checkpoint_epoch: int | None = None  # the epoch the run's checkpoint on disk holds
 
     # ------------------------------------------------------------ state
@@ -272,6 +273,8 @@ class Trainer:
             t_run = time.perf_counter()
             self.reporter.start(epochs, self.run.steps_per_epoch, self.epoch)
             self._loop(stop, epochs, stop_after, prior_wall, t_run)
+            if stop_after >= epochs:
+                self.calibrate()
         except DivergedError as e:
             self._finish("diverged", prior_wall + time.perf_counter() - t_run)
             e.checkpoint_epoch = self.checkpoint_epoch  # for the CLI's message: what was kept
@@ -285,6 +288,19 @@ class Trainer:
             raise
         status = "completed" if stop_after >= epochs else "interrupted"
         return TrainResult(status, self._finish(status, self.wall), self._run_path())
+
+    def calibrate(self) -> None:
+        """ECE / MCE / NLL of the reported classifier on the test set, and ``reliability.png`` (rank 0)."""
+        from mixbench.evaluate.calibration import calibration_counts, reliability_diagram
+
+        run = self.run
+        if run.dist.enabled:
+            _sync_buffers(run.method)
+        stats = calibration_counts(next(iter(run.method.classifiers().values())), run.test_loader, self.eval_ctx)
+        self.calibration = stats.metrics()
+        if self.run_dir is not None:
+            reliability_diagram(stats, self.run_dir.path / "reliability.png",
+                                f"{run.recipe.name}: {run.method_name}, epoch {self.epoch}")
 
     def _loop(self, stop: StopFlag, epochs: int, stop_after: int, prior_wall: float, t_run: float) -> None:
         """The epochs: train, evaluate, record, checkpoint, report; stop when a signal asked."""
@@ -337,7 +353,7 @@ class Trainer:
                 "params": sum(p.numel() for p in run.method.model.parameters()),
                 "mixer_ms_per_step": self.mixer_ms, "method_settings": run.method.describe(),
                 "labels": run.info.train_len if run.method.batch.needs_label_split else None,
-                **_distributed_fields(run)}
+                **self.calibration, **_distributed_fields(run)}
 
 
 def _distributed_fields(run: Run) -> dict[str, Any]:

@@ -11,10 +11,16 @@ of the window, the wording says so.
 checkpoint.pt) into one record for the leaderboard plus a list of problems, each a phrase that
 says what is wrong and what compare does about it. Bad values (NaN, inf, negative, out of range,
 wrong type) are dropped, never averaged. No torch import here (``compare`` must stay light).
+
+A completed run's stored evaluations (``evals/<evaluator>-<protocol hash>/result.json``, see
+``mixbench.evaluate.store``) give ``linear_top1`` (``linear``), ``knn_top1`` (``knn``) and ``ece``
+(summary.json's ``ece``, else the ``calibration`` result's), each with its protocol hash in
+``<column>_protocol``. Of several results of one evaluator the most recent (``created``) counts.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import statistics
@@ -39,6 +45,10 @@ LAST10 = ("top1_median_last10", "momentum_top1_median_last10")  # summary.json's
 ACCURACIES = ("top1_best", "top1_last", "top1_median", "momentum_top1_median", *LAST10)
 POSITIVE = ("wall_time_s", "images_per_s")  # must be > 0 in a completed run
 NON_NEGATIVE = ("mixer_ms_per_step",)
+# leaderboard column -> (evaluator, its metric); the row holds the value under the metric's name
+EVAL_COLUMNS = {"linear": ("linear", "linear_top1"), "knn": ("knn", "knn_top1"), "ece": ("calibration", "ece")}
+EVALS = "evals"  # mixbench.evaluate.store.EVALS (not imported: that module imports torch helpers)
+SUMMARY_PROTOCOL = "summary.json"  # the protocol of an ece taken from summary.json
 
 
 def median_window(epochs: int | None, evaluated: int) -> int:
@@ -285,6 +295,80 @@ def _check_completed(rec: RunRecord, info: dict[str, Any], recipe: dict[str, Any
         problems.append(f"{key} {bad}, " + (f"ignored ({base} taken from {sources[base]})" if used else "not averaged"))
     if metrics_note:
         problems.append(metrics_note)
+    _check_evals(rec, info)
+
+
+def _created(v: Any) -> datetime.datetime | None:
+    """``created`` of a result.json as an aware time (naive = UTC), or None when it is not an ISO time."""
+    if not isinstance(v, str):
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=datetime.timezone.utc)
+
+
+def read_evals(folder: Path, problems: list[str]) -> dict[str, list[tuple[datetime.datetime | None, str, dict]]]:
+    """The readable ``evals/*/result.json`` of a run by evaluator: [(created, protocol hash, metrics)].
+
+    A result.json that is unreadable or wrong-typed (not a JSON object, metrics not an object, evaluator not a
+    string) adds one phrase to ``problems`` and is left out; evaluators compare does not show are ignored.
+    """
+    found: dict[str, list[tuple[datetime.datetime | None, str, dict]]] = {}
+    root = Path(folder) / EVALS
+    if not root.is_dir():
+        return found
+    wanted = {ev for ev, _ in EVAL_COLUMNS.values()}
+    for path in sorted(root.glob("*/result.json")):
+        name = f"{EVALS}/{path.parent.name}/result.json"
+        prefix, _, digest = path.parent.name.rpartition("-")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            problems.append(f"{name} is unreadable ({type(e).__name__}), not averaged")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{name} is {type(data).__name__}, not a result object, not averaged")
+            continue
+        evaluator = data.get("evaluator", prefix)
+        if not isinstance(evaluator, str):
+            problems.append(f"{name}'s evaluator is {_show(evaluator)}, not a string, not averaged")
+            continue
+        if evaluator not in wanted:
+            continue
+        metrics = data.get("metrics")
+        if not isinstance(metrics, dict):
+            problems.append(f"{name}'s metrics is {_show(metrics)}, not an object, not averaged")
+            continue
+        found.setdefault(evaluator, []).append((_created(data.get("created")), digest or path.parent.name,
+                                                metrics | {"_file": name}))
+    return found
+
+
+def _check_evals(rec: RunRecord, info: dict[str, Any]) -> None:
+    """Set the row's evaluator values (``linear_top1``, ``knn_top1``, ``ece``) and their protocol hashes."""
+    row, problems = rec.row, rec.problems
+    results = read_evals(rec.path, problems)
+    oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    for column, (evaluator, key) in EVAL_COLUMNS.items():
+        row[key], row[f"{key}_protocol"] = None, None
+        if column == "ece" and info.get("ece") is not None:
+            value, protocol, where = info["ece"], SUMMARY_PROTOCOL, "summary.json's ece"
+        elif results.get(evaluator):
+            created, protocol, metrics = max(results[evaluator], key=lambda r: (r[0] or oldest, r[1]))
+            where = f"{metrics['_file']}'s {key}"
+            value = metrics.get(key)
+            if value is None:
+                problems.append(f"{metrics['_file']} has no {key}, {column} not averaged")
+                continue
+        else:
+            continue
+        bad = _bad_accuracy(value)
+        if bad:
+            problems.append(f"{where} {bad}, not averaged")
+            continue
+        row[key], row[f"{key}_protocol"] = float(value), protocol
 
 
 def _headline_value(summary: dict[str, Any], row: dict[str, Any], metrics: list[dict[str, Any]] | None, key: str,

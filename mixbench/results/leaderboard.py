@@ -8,6 +8,13 @@ alike. Per row: completed runs n; top-1 as mean ± sample std over runs (± 0.00
 run); best and last top-1 (means); Δ to ``vanilla`` in the same group; the momentum encoder's
 top-1 for AutoMix/SAMix (its own column, never folded into top-1); wall time and images/s (means).
 
+Stored evaluations add columns (means over the row's runs, like best/last): ``linear`` (the linear
+probe's ``linear_top1``), ``knn`` (``knn_top1``) and ``ece`` (summary.json's ``ece``, else the
+calibration result's), each only in groups where some row has a value, so tables without evaluations
+look as before. Of several results of one evaluator in a run the most recent counts; when the runs
+averaged in one row used different protocols for an evaluator, a note under the table says so (and
+the row's ``protocols_differ`` names the evaluators, in csv and json too).
+
 Headline top-1 = the median of the last N evaluated epochs, N from the schedule: the last 10
 evaluated epochs for runs of 200 or more epochs (OpenMixup's rule), otherwise the last 5 % of
 the evaluated epochs, rounded up, at least 1 (6 epochs -> 1, 100 -> 5, 199 -> 10); N is at most
@@ -38,7 +45,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from mixbench.errors import UserError
-from mixbench.results.inspect import LONG_RUN_EPOCHS, LONG_RUN_WINDOW, inspect_run
+from mixbench.results.inspect import EVAL_COLUMNS, LONG_RUN_EPOCHS, LONG_RUN_WINDOW, inspect_run
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 REFERENCE_CSV = Path(__file__).with_name("reference_cifar.csv")
@@ -54,6 +61,7 @@ class Group:
     rows: list[dict[str, Any]] = field(default_factory=list)
     labels: int | None = None  # semi-supervised: labelled images; None = every label
     windows: list[int] = field(default_factory=list)  # median windows of the averaged runs
+    notes: list[str] = field(default_factory=list)  # lines under the table (protocols that differ)
 
     @property
     def title(self) -> str:
@@ -106,7 +114,8 @@ def collect_runs(dirs: list[Path], *, warn: Callable[[str], None] | None = _stde
     df = pd.DataFrame(rows)
     for col in ("method", "status", "dataset", "backbone", "epochs", "top1", "median_window", "top1_best",
                 "top1_last", "wall_time_s", "images_per_s", "mixer_ms_per_step", "momentum_top1", "loss",
-                "run_id", "name", "labels"):
+                "run_id", "name", "labels",
+                *(c for _, key in EVAL_COLUMNS.values() for c in (key, f"{key}_protocol"))):
         if col not in df:
             df[col] = None
     df["method"] = df["method"].fillna("?")
@@ -139,13 +148,43 @@ def _method_row(method: str, runs: pd.DataFrame) -> dict[str, Any]:
         "wall_min": wall / 60 if wall is not None else None,
         "images_per_s": _mean(done["images_per_s"]), "mixer_ms": _mean(done["mixer_ms_per_step"]),
         "other": ", ".join(f"{n} {status}" for status, n in sorted(others.items(), key=lambda kv: (-kv[1], kv[0]))),
+        **{column: _mean(done[key]) for column, (_, key) in EVAL_COLUMNS.items()},
+        "protocols_differ": ", ".join(column for column, (_, key) in EVAL_COLUMNS.items()
+                                      if len(_protocols(done, key)) > 1),
     }
+
+
+def _protocols(done: pd.DataFrame, key: str) -> list[str]:
+    """The protocol hashes behind the averaged values of ``key`` (sorted, distinct)."""
+    used = done[pd.to_numeric(done[key], errors="coerce").notna()]
+    return sorted({str(p) for p in used[f"{key}_protocol"].dropna()})
+
+
+def _eval_columns(group: Group, configs: list[pd.DataFrame]) -> None:
+    """Keep the evaluator columns some row has a value in; note rows whose runs used different protocols."""
+    shown = [c for c in EVAL_COLUMNS if any(r[c] is not None for r in group.rows)]
+    differ = any(r["protocols_differ"] for r in group.rows)
+    for row, runs in zip(group.rows, configs, strict=True):
+        for column in EVAL_COLUMNS:
+            if column not in shown:
+                del row[column]
+        if not differ:
+            del row["protocols_differ"]
+        elif row["protocols_differ"]:
+            done = runs[runs["status"] == "completed"]
+            for column in row["protocols_differ"].split(", "):
+                hashes = _protocols(done, EVAL_COLUMNS[column][1])
+                group.notes.append(f"note: {row['method']}: its runs used different {column} protocols "
+                                   f"({', '.join(hashes)}); the {column} mean mixes them")
 
 
 def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[Group]:
     """Group runs by (dataset, backbone, epochs) and build one row per method."""
     groups: list[Group] = []
     runs = runs.copy()
+    for col in (c for _, key in EVAL_COLUMNS.values() for c in (key, f"{key}_protocol")):
+        if col not in runs:  # a frame not from collect_runs
+            runs[col] = None
     runs["epochs"] = pd.to_numeric(runs["epochs"], errors="coerce").fillna(0).astype(int)
     runs[["dataset", "backbone"]] = runs[["dataset", "backbone"]].fillna("?")
     runs["labels"] = pd.to_numeric(runs["labels"], errors="coerce").fillna(-1).astype(int)  # -1: all labels
@@ -160,12 +199,14 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False) -> list[
         for row, r in zip(group.rows, configs, strict=True):
             if labels.count(row["method"]) > 1:  # same label, other settings: name the recipe
                 row["method"] += f" [{r['name'].iloc[0] or r['row_key'].iloc[0].split('|')[-1]}]"
+        _eval_columns(group, configs)
         base = next((r["top1"] for r in group.rows if r["method"] == "vanilla"), None)
         for r in group.rows:
             if base is not None and r["top1"] is not None:
                 r["delta"] = r["top1"] - base
         if include_reference and group.labels is None:
-            group.rows += reference_rows(dataset, backbone, int(epochs))
+            extra = [k for k in group.rows[0] if k not in COLUMNS] if group.rows else []
+            group.rows += [{k: None for k in extra} | r for r in reference_rows(dataset, backbone, int(epochs))]
         group.rows.sort(key=lambda r: (r["method"] != "vanilla" or "published" in r["method"],
                                        -(r["top1"] if r["top1"] is not None else -1)))
         groups.append(group)
@@ -192,17 +233,19 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
-def _display(row: dict[str, Any]) -> list[str]:
+def _display(row: dict[str, Any], evals: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The row's cells under HEADERS, with the ``evals`` columns (of EVAL_HEADERS) after momentum's."""
     top1 = "" if row["top1"] is None else (
         f"{row['top1']:.2f}" + (f" ± {row['top1_std']:.2f}" if row["top1_std"] is not None else ""))
     delta = "" if row["delta"] is None else f"{row['delta']:+.2f}"
     return [row["method"], str(row["n"]), top1, delta, _fmt(row["best"]), _fmt(row["last"]),
-            _fmt(row.get("momentum_top1")), _fmt(row["wall_min"], 1), _fmt(row["images_per_s"], 0),
-            _fmt(row["mixer_ms"], 2), row["other"]]
+            _fmt(row.get("momentum_top1")), *(_fmt(row.get(c)) for c in evals),
+            _fmt(row["wall_min"], 1), _fmt(row["images_per_s"], 0), _fmt(row["mixer_ms"], 2), row["other"]]
 
 
 HEADERS = ["method", "n", "top-1", "Δ vanilla", "best", "last", "momentum enc. top-1",
            "wall (min)", "img/s", "mixer ms/step", "other runs"]
+EVAL_HEADERS = {"linear": "linear top-1", "knn": "knn top-1", "ece": "ece"}  # shown after momentum enc. top-1
 
 
 def top1_header(windows: list[int]) -> str:
@@ -227,7 +270,7 @@ def render(groups: list[Group], fmt: str) -> str:
         raise UserError(f"compare: unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
     if fmt == "json":
         return json.dumps([{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs, "labels": g.labels,
-                            "rows": g.rows} for g in groups], indent=2)
+                            "rows": g.rows} | ({"notes": g.notes} if g.notes else {}) for g in groups], indent=2)
     if fmt == "csv":
         flat = [{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs, "labels": g.labels, **r}
                 for g in groups for r in g.rows]
@@ -238,15 +281,17 @@ def render(groups: list[Group], fmt: str) -> str:
     parts = []
     momentum_col = HEADERS.index("momentum enc. top-1")
     for g in groups:
-        rows, headers = [_display(r) for r in g.rows], list(HEADERS)
+        evals = [c for c in EVAL_HEADERS if any(c in r for r in g.rows)]
+        rows = [_display(r, evals) for r in g.rows]
+        headers = HEADERS[:momentum_col + 1] + [EVAL_HEADERS[c] for c in evals] + HEADERS[momentum_col + 1:]
         headers[2] = top1_header(g.windows)
         if not any(r[momentum_col] for r in rows):  # only learned-mixer runs have a momentum encoder
             rows, headers = [r[:momentum_col] + r[momentum_col + 1:] for r in rows], headers[:momentum_col] + \
                 headers[momentum_col + 1:]
         table = tabulate(rows, headers=headers, tablefmt=style, disable_numparse=True)
         title = {"markdown": f"### {g.title}\n", "latex": f"% {g.title}\n"}.get(fmt, f"{g.title}\n")
-        note = window_note(g)
-        if note:
-            table += {"markdown": f"\n\n{note}", "latex": f"\n% {note}"}.get(fmt, f"\n{note}")
+        for note in [window_note(g), *g.notes]:
+            if note:
+                table += {"markdown": f"\n\n{note}", "latex": f"\n% {note}"}.get(fmt, f"\n{note}")
         parts.append(title + table)
     return "\n\n".join(parts)
