@@ -20,7 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CATALOG_FILE = Path(__file__).with_name("catalog.json")
-REGISTRIES = ("methods", "models", "datasets", "losses")
+REGISTRIES = ("methods", "models", "datasets", "losses", "evaluators")
 
 
 def recipes_dir() -> Path | None:
@@ -53,9 +53,12 @@ def live_listing(what: str) -> list[tuple[str, str]]:
         from mixbench.models import MODELS as reg
     elif what == "datasets":
         from mixbench.data import DATASETS as reg
+    elif what == "evaluators":
+        from mixbench.evaluate import EVALUATORS as reg
     else:
         from mixbench.losses import LOSSES as reg
-    rows = [(e.name, e.doc + (f" [vs reference: {e.differs}]" if e.differs else "")) for e in reg]
+    rows = [(e.name, e.doc + (f" [vs reference: {e.differs}]" if e.differs else "")
+             + (f" [protocol: {e.factory.protocol}]" if what == "evaluators" else "")) for e in reg]
     if what == "models":
         rows.append(("timm:<name>", "any timm model, built without downloading weights"))
     return rows

@@ -185,12 +185,13 @@ class Listing(str, Enum):
     models = "models"
     datasets = "datasets"
     losses = "losses"
+    evaluators = "evaluators"
     recipes = "recipes"
 
 
 @app.command("list")
 def list_(what: Annotated[Listing, typer.Argument(help="What to list.")]) -> None:
-    """List methods, models, datasets, losses or recipes with a one-line description each."""
+    """List methods, models, datasets, losses, evaluators or recipes with a one-line description each."""
 
     def go() -> None:
         from mixbench.catalog import listing
@@ -385,6 +386,91 @@ def linear_eval(
               f"(held-out top-1 {m['linear_val_top1']:.2f}%) -> test top-1 {m['linear_top1']:.2f}%")
         print(f"protocol: {probe.protocol}")
         print(f"result: {result['path']}")
+
+    _guard(go)
+
+
+EVALUATE_NAMES = ("calibration", "occlusion", "fgsm", "corruptions")
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders or their checkpoint.pt files.")],
+    only: Annotated[str, typer.Option(help="Evaluators, comma-separated: calibration, occlusion, fgsm, "
+                                      "corruptions (40 passes over the test set).")] = "calibration,occlusion,fgsm",
+    device: Annotated[Device, typer.Option(help="Device to evaluate on.")] = Device.auto,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Data override: data.key=VALUE.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when a stored result matches.")] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Test images per batch.")] = 500,
+) -> None:
+    """Calibration, occlusion and FGSM (and on request corruption) robustness of each checkpoint's reported
+    classifier on its test set;
+    stored in RUN/evals/<evaluator>-<hash>/result.json (plus RUN/reliability.png)."""
+
+    def go() -> None:
+        from mixbench.engine.trainer import resolve_device
+        from mixbench.evaluate.base import EvalContext
+        from mixbench.evaluate.calibration import Calibration, calibration_counts, reliability_diagram
+        from mixbench.evaluate.corruptions import Corruptions
+        from mixbench.evaluate.features import eval_data
+        from mixbench.evaluate.robustness import FGSM, Occlusion
+        from mixbench.evaluate.runner import open_checkpoint
+
+        names = list(dict.fromkeys(n.strip() for n in only.split(",") if n.strip()))
+        unknown = [n for n in names if n not in EVALUATE_NAMES]
+        if unknown or not names:
+            raise UserError(f"--only {only}: unknown evaluator(s) {', '.join(unknown) or '(none given)'}; "
+                            f"valid: {', '.join(EVALUATE_NAMES)}")
+        dev = resolve_device(device.value)
+        ctx = EvalContext(dev)
+        occlusion, fgsm, corruptions = Occlusion(batch=batch), FGSM(batch=batch), Corruptions(batch=batch)
+
+        def evaluate_one(path: Path) -> None:
+            enc = open_checkpoint(path, "evaluate", device=dev, sets=set_ or [], batch=batch, force=force)
+            cache: dict[str, Any] = {}
+
+            def data() -> Any:  # loaded once per checkpoint, only when something is computed
+                if "data" not in cache:
+                    cache["data"] = eval_data(enc.ckpt, data_overrides=enc.overrides, device=dev)
+                return cache["data"]
+
+            def model() -> Any:
+                if "model" not in cache:
+                    cache["model"] = enc.ckpt.build_classifier().to(dev)
+                return cache["model"]
+
+            def calibration() -> dict[str, float]:
+                from mixbench.data.gpu_loader import Normalize
+
+                d = data()
+                norm = Normalize(d.mean, d.std, dev)
+                loader = ((norm(d.test_x[i:i + batch]), d.test_y[i:i + batch])
+                          for i in range(0, d.test_x.shape[0], batch))
+                stats = calibration_counts(model(), loader, ctx)
+                reliability_diagram(stats, enc.run_dir / "reliability.png", f"{enc.run_dir.name} reliability")
+                return stats.metrics()
+
+            jobs = {"calibration": ({"n_bins": 15, "protocol": Calibration.protocol}, calibration),
+                    "occlusion": (occlusion.settings(dev), lambda: occlusion(model(), data(), ctx)),
+                    "fgsm": (fgsm.settings(), lambda: fgsm(model(), data(), ctx)),
+                    "corruptions": ({"protocol": corruptions.protocol, "device": dev.type},
+                                    lambda: corruptions(model(), data(), ctx))}
+            for name in names:
+                settings, fn = jobs[name]
+                if name == "calibration" and not (enc.run_dir / "reliability.png").is_file():
+                    enc.force, before = True, enc.force  # the diagram is drawn only while computing
+                    result = enc.run(name, settings, fn)
+                    enc.force = before
+                else:
+                    result = enc.run(name, settings, fn)
+                print(f"{name}: {enc.describe(result)}")
+                for key, value in result["metrics"].items():
+                    print(f"  {name} {key} {value:.4g}")
+            if "calibration" in names:
+                print(f"  reliability diagram: {enc.run_dir / 'reliability.png'}")
+
+        for path in paths:
+            evaluate_one(path)
 
     _guard(go)
 
