@@ -390,9 +390,6 @@ def linear_eval(
     _guard(go)
 
 
-EVALUATE_NAMES = ("calibration", "occlusion", "fgsm", "corruptions")
-
-
 @app.command()
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(help="Run folders or their checkpoint.pt files.")],
@@ -409,12 +406,7 @@ def evaluate(
 
     def go() -> None:
         from mixbench.engine.trainer import resolve_device
-        from mixbench.evaluate.base import EvalContext
-        from mixbench.evaluate.calibration import Calibration, calibration_counts, reliability_diagram
-        from mixbench.evaluate.corruptions import Corruptions
-        from mixbench.evaluate.features import eval_data
-        from mixbench.evaluate.robustness import FGSM, Occlusion
-        from mixbench.evaluate.runner import open_checkpoint
+        from mixbench.evaluate.runner import EVALUATE_NAMES, evaluate_checkpoint, open_checkpoint
 
         names = list(dict.fromkeys(n.strip() for n in only.split(",") if n.strip()))
         unknown = [n for n in names if n not in EVALUATE_NAMES]
@@ -422,55 +414,14 @@ def evaluate(
             raise UserError(f"--only {only}: unknown evaluator(s) {', '.join(unknown) or '(none given)'}; "
                             f"valid: {', '.join(EVALUATE_NAMES)}")
         dev = resolve_device(device.value)
-        ctx = EvalContext(dev)
-        occlusion, fgsm, corruptions = Occlusion(batch=batch), FGSM(batch=batch), Corruptions(batch=batch)
-
-        def evaluate_one(path: Path) -> None:
+        for path in paths:
             enc = open_checkpoint(path, "evaluate", device=dev, sets=set_ or [], batch=batch, force=force)
-            cache: dict[str, Any] = {}
-
-            def data() -> Any:  # loaded once per checkpoint, only when something is computed
-                if "data" not in cache:
-                    cache["data"] = eval_data(enc.ckpt, data_overrides=enc.overrides, device=dev)
-                return cache["data"]
-
-            def model() -> Any:
-                if "model" not in cache:
-                    cache["model"] = enc.ckpt.build_classifier().to(dev)
-                return cache["model"]
-
-            def calibration() -> dict[str, float]:
-                from mixbench.data.gpu_loader import Normalize
-
-                d = data()
-                norm = Normalize(d.mean, d.std, dev)
-                loader = ((norm(d.test_x[i:i + batch]), d.test_y[i:i + batch])
-                          for i in range(0, d.test_x.shape[0], batch))
-                stats = calibration_counts(model(), loader, ctx)
-                reliability_diagram(stats, enc.run_dir / "reliability.png", f"{enc.run_dir.name} reliability")
-                return stats.metrics()
-
-            jobs = {"calibration": ({"n_bins": 15, "protocol": Calibration.protocol}, calibration),
-                    "occlusion": (occlusion.settings(dev), lambda: occlusion(model(), data(), ctx)),
-                    "fgsm": (fgsm.settings(), lambda: fgsm(model(), data(), ctx)),
-                    "corruptions": ({"protocol": corruptions.protocol, "device": dev.type},
-                                    lambda: corruptions(model(), data(), ctx))}
-            for name in names:
-                settings, fn = jobs[name]
-                if name == "calibration" and not (enc.run_dir / "reliability.png").is_file():
-                    enc.force, before = True, enc.force  # the diagram is drawn only while computing
-                    result = enc.run(name, settings, fn)
-                    enc.force = before
-                else:
-                    result = enc.run(name, settings, fn)
+            for name, result in evaluate_checkpoint(enc, names, batch=batch):
                 print(f"{name}: {enc.describe(result)}")
                 for key, value in result["metrics"].items():
                     print(f"  {name} {key} {value:.4g}")
             if "calibration" in names:
                 print(f"  reliability diagram: {enc.run_dir / 'reliability.png'}")
-
-        for path in paths:
-            evaluate_one(path)
 
     _guard(go)
 

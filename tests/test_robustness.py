@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from mixbench.cli import app
 from mixbench.engine import fit
-from mixbench.evaluate.base import EvalContext
+from mixbench.evaluate.base import EvalContext, reported_classifier
 from mixbench.evaluate.features import EvalData
 from mixbench.evaluate.robustness import (
     FGSM,
@@ -18,7 +18,6 @@ from mixbench.evaluate.robustness import (
     fgsm_perturb,
     occlusion_mask,
     occlusion_positions,
-    reported_classifier,
 )
 from mixbench.evaluate.topk import topk_accuracy
 from mixbench.models import build_model

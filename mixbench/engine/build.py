@@ -75,7 +75,7 @@ class Run:
 
     def checkpoint_header(self) -> dict[str, Any]:
         """What makes ``checkpoint.pt`` self-describing: spec, normalisation, recipe, key prefixes."""
-        classifier = next(iter(self.method.classifiers().values()))
+        classifier = self.method.reported_classifier()
         return {"model_spec": dict(self.model_spec),
                 "normalization": {"mean": list(self.info.mean), "std": list(self.info.std)},
                 "classes": list(self.info.classes), "recipe": self.recipe.to_toml(), "method_name": self.method_name,

@@ -196,6 +196,7 @@ def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # deprecated in favour of functional collectives, which older torch lacks
         warnings.simplefilter("ignore", FutureWarning)
         total = all_reduce(t, op=dist.ReduceOp.SUM)
+    # CPU only (CUDA uses torch's SyncBatchNorm): reading the count is a read of host memory, not a device sync
     if total[-1].item() <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got {int(total[-1].item())} "
                          f"over all ranks")

@@ -293,10 +293,8 @@ class Trainer:
         """ECE / MCE / NLL of the reported classifier on the test set, and ``reliability.png`` (rank 0)."""
         from mixbench.evaluate.calibration import calibration_counts, reliability_diagram
 
-        run = self.run
-        if run.dist.enabled:
-            _sync_buffers(run.method)
-        stats = calibration_counts(next(iter(run.method.classifiers().values())), run.test_loader, self.eval_ctx)
+        run = self.run  # right after the last evaluation: the BatchNorm statistics are already rank 0's
+        stats = calibration_counts(run.method.reported_classifier(), run.test_loader, self.eval_ctx)
         self.calibration = stats.metrics()
         if self.run_dir is not None:
             reliability_diagram(stats, self.run_dir.path / "reliability.png",

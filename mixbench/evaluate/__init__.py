@@ -7,7 +7,7 @@ register beside it. Results of a checkpoint's evaluation are stored in its run f
 (:mod:`mixbench.evaluate.store`).
 """
 
-from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator
+from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator, reported_classifier
 from mixbench.evaluate.calibration import Calibration, CalibrationStats, calibration_counts, reliability_diagram
 from mixbench.evaluate.corruptions import CORRUPTIONS, Corruptions, corrupt
 from mixbench.evaluate.features import EvalData, eval_data, extract_features
@@ -17,7 +17,8 @@ from mixbench.evaluate.robustness import FGSM, Occlusion, fgsm_accuracy, occlusi
 from mixbench.evaluate.store import load_or_compute_features, load_or_run
 from mixbench.evaluate.topk import TopKAccuracy, topk_accuracy
 
-__all__ = ["EVALUATORS", "EvalContext", "Evaluator", "TopKAccuracy", "topk_accuracy", "EvalData", "eval_data",
+__all__ = ["EVALUATORS", "EvalContext", "Evaluator", "reported_classifier",
+           "TopKAccuracy", "topk_accuracy", "EvalData", "eval_data",
            "extract_features", "KNNAccuracy", "knn_predict", "LinearProbe", "linear_probe", "load_or_run",
            "load_or_compute_features", "Calibration", "CalibrationStats", "calibration_counts",
            "reliability_diagram", "Occlusion", "FGSM", "occlusion_accuracy", "fgsm_accuracy", "CORRUPTIONS",

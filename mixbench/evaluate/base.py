@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from mixbench.engine.distributed import DistInfo
 from mixbench.registry import Registry
@@ -35,6 +36,17 @@ class EvalContext:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def reported_classifier(obj: Any) -> nn.Module:
+    """A method's reported classifier (:meth:`Method.reported_classifier`), or ``obj`` itself when it is a model."""
+    if hasattr(obj, "reported_classifier"):
+        return obj.reported_classifier()
+    if hasattr(obj, "classifiers"):  # anything shaped like a method
+        return next(iter(obj.classifiers().values()))
+    if isinstance(obj, nn.Module):
+        return obj
+    raise TypeError(f"expected a method or an nn.Module, got {type(obj).__name__}")
 
 
 class Evaluator:

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from mixbench.engine.distributed import all_reduce_sum
-from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator
+from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator, reported_classifier
 from mixbench.mixing.features import eval_mode
 from mixbench.results.atomic import atomic_write_bytes
 
@@ -112,7 +112,7 @@ class Calibration(Evaluator):
     protocol = "15 equal-width confidence bins, max softmax probability, clean test set"
 
     def __call__(self, method: Any, data: Any, ctx: EvalContext) -> dict[str, float]:
-        model = next(iter(method.classifiers().values()))
+        model = reported_classifier(method)
         return calibration_counts(model, data, ctx).metrics()
 
 

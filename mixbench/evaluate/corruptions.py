@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mixbench.data.gpu_loader import Normalize
 from mixbench.engine.distributed import all_reduce_sum
-from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator
+from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator, reported_classifier
 from mixbench.mixing.features import eval_mode
 
 Tensor = torch.Tensor
@@ -263,14 +262,6 @@ def _protocol(names: Sequence[str], severities: Sequence[int], seed: int, batch:
             "uint8-rounded before normalisation")
 
 
-def _classifier(method_or_model: Any) -> nn.Module:
-    if hasattr(method_or_model, "classifiers"):
-        return next(iter(method_or_model.classifiers().values()))
-    if isinstance(method_or_model, nn.Module):
-        return method_or_model
-    raise TypeError(f"corruptions: expected a method or an nn.Module, got {type(method_or_model).__name__}")
-
-
 @EVALUATORS.register("corruptions")
 class Corruptions(Evaluator):
     """Top-1 on CIFAR-10-C-style corruptions, ``corruption_top1@<name>/<s>``, and their mean ``mca``.
@@ -297,7 +288,7 @@ class Corruptions(Evaluator):
 
     @torch.no_grad()
     def __call__(self, method: Any, data: Any, ctx: EvalContext) -> dict[str, float]:
-        model = _classifier(method)
+        model = reported_classifier(method)
         batch = self.batch or getattr(data, "batch", None) or 256
         normalize = Normalize(data.mean, data.std, ctx.device)
         x_all, y_all = data.test_x.to(ctx.device), data.test_y.to(ctx.device)

@@ -17,17 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbench.data.gpu_loader import Normalize
-from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator
+from mixbench.evaluate.base import EVALUATORS, EvalContext, Evaluator, reported_classifier
 from mixbench.mixing.features import eval_mode
 
 DEFAULT_SIZES = tuple(round(i / 10, 1) for i in range(10))
 DEFAULT_EPS = (1 / 255,)
 OCCLUSION_SEED = 0
-
-
-def reported_classifier(obj: Any) -> nn.Module:
-    """The method's first classifier (``method.classifiers()``), or ``obj`` itself when it is a bare module."""
-    return next(iter(obj.classifiers().values())) if hasattr(obj, "classifiers") else obj
 
 
 def occlusion_key(size: float) -> str:
@@ -184,4 +179,4 @@ class FGSM(Evaluator):
 
 
 __all__ = ["Occlusion", "FGSM", "occlusion_accuracy", "occlusion_mask", "occlusion_positions", "fgsm_accuracy",
-           "fgsm_perturb", "reported_classifier"]
+           "fgsm_perturb"]

@@ -1,11 +1,12 @@
-"""What the representation commands (``mixbench knn``, ``mixbench linear-eval``) share: a checkpoint's
-frozen encoder applied once to its data set, the features cached in the run folder, and the stored
-result of each evaluation (see :mod:`mixbench.evaluate.store`).
+"""What the evaluation commands (``mixbench knn``, ``linear-eval``, ``evaluate``) share: a checkpoint's
+frozen encoder applied once to its data set, the features cached in the run folder, the robustness
+evaluators of its reported classifier, and the stored result of each evaluation
+(see :mod:`mixbench.evaluate.store`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,54 @@ def open_checkpoint(path: Path, command: str, *, device: torch.device, sets: lis
     table = data_table(ckpt, overrides)
     return Encoded(ckpt, device, overrides, batch, force, sha=file_sha256(ckpt.path),
                    data_key={name: table.get(name) for name in DATA_KEYS})
+
+
+EVALUATE_NAMES = ("calibration", "occlusion", "fgsm", "corruptions")
+
+
+def evaluate_checkpoint(enc: Encoded, names: list[str], *, batch: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(name, stored result)`` of each robustness evaluator in ``names`` on ``enc``'s reported classifier.
+
+    The test set and the classifier are loaded once, and only when some result is not stored yet;
+    calibration also draws ``reliability.png`` in the run folder (recomputed when the picture is missing).
+    """
+    from mixbench.data.gpu_loader import Normalize
+    from mixbench.evaluate.base import EvalContext
+    from mixbench.evaluate.calibration import Calibration, calibration_counts, reliability_diagram
+    from mixbench.evaluate.corruptions import Corruptions
+    from mixbench.evaluate.robustness import FGSM, Occlusion
+
+    ctx, cache = EvalContext(enc.device), {}
+
+    def data() -> Any:
+        if "data" not in cache:
+            cache["data"] = eval_data(enc.ckpt, data_overrides=enc.overrides, device=enc.device)
+        return cache["data"]
+
+    def model() -> torch.nn.Module:
+        if "model" not in cache:
+            cache["model"] = enc.ckpt.build_classifier().to(enc.device)
+        return cache["model"]
+
+    def calibration() -> dict[str, float]:
+        d = data()
+        norm = Normalize(d.mean, d.std, enc.device)
+        loader = ((norm(d.test_x[i:i + batch]), d.test_y[i:i + batch]) for i in range(0, d.test_x.shape[0], batch))
+        stats = calibration_counts(model(), loader, ctx)
+        reliability_diagram(stats, enc.run_dir / "reliability.png", f"{enc.run_dir.name} reliability")
+        return stats.metrics()
+
+    occlusion, fgsm, corruptions = Occlusion(batch=batch), FGSM(batch=batch), Corruptions(batch=batch)
+    jobs = {"calibration": ({"n_bins": 15, "protocol": Calibration.protocol}, calibration),
+            "occlusion": (occlusion.settings(enc.device), lambda: occlusion(model(), data(), ctx)),
+            "fgsm": (fgsm.settings(), lambda: fgsm(model(), data(), ctx)),
+            "corruptions": ({"protocol": corruptions.protocol, "device": enc.device.type},
+                            lambda: corruptions(model(), data(), ctx))}
+    for name in names:
+        settings, fn = jobs[name]
+        redraw = name == "calibration" and not (enc.run_dir / "reliability.png").is_file()
+        force, enc.force = enc.force, enc.force or redraw  # the diagram is drawn only while computing
+        try:
+            yield name, enc.run(name, settings, fn)
+        finally:
+            enc.force = force

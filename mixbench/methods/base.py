@@ -102,6 +102,10 @@ class Method(nn.Module):
         others ``<name>_top1`` (e.g. FixMatch's teacher first, then ``student``)."""
         return {"": self.model}
 
+    def reported_classifier(self) -> nn.Module:
+        """The classifier whose accuracy is the run's ``top1``: the first of :meth:`classifiers`."""
+        return next(iter(self.classifiers().values()))
+
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
         """The mixed batch this method trains on, without gradients (cost probe, saved grids);
         ``None`` for a method that does not mix."""

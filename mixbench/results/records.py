@@ -384,7 +384,7 @@ def collect_meta(command_line: list[str], seed: int, device: torch.device) -> di
                      **{m: _version(m) for m in ("torch", "torchvision", "timm", "numpy")}},
         "git": {"commit": commit, "dirty": dirty},
         "device": device_name(device), "device_type": device.type, "torch_threads": torch.get_num_threads(),
-        "hostname": socket.gethostname(), "platform": platform.platform(), **process_fields(),
+        "platform": platform.platform(), **process_fields(),  # pid and host
         "command_line": list(command_line), "python_executable": sys.executable,
         "seed": seed, "start_time": utc_now(),
         "end_time": None, "status": "running",
