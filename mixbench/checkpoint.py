@@ -95,7 +95,7 @@ class Checkpoint:
         spec = self.model_spec
         model = build_model(spec["name"], spec["num_classes"], width=spec["width"], image_size=spec["image_size"],
                             zero_init_residual=spec.get("zero_init_residual", True),
-                            drop_rate=spec.get("drop_rate", 0.0))
+                            drop_rate=spec.get("drop_rate", 0.0), patch_size=spec.get("patch_size"))
         self._load(model, self.classifier_state(), "classifier")
         return model.requires_grad_(False).eval()
 
@@ -106,7 +106,7 @@ class Checkpoint:
         spec = self.model_spec
         backbone = build_backbone(spec["name"], width=spec["width"], image_size=spec["image_size"],
                                   zero_init_residual=spec.get("zero_init_residual", True),
-                                  drop_rate=spec.get("drop_rate", 0.0))
+                                  drop_rate=spec.get("drop_rate", 0.0), patch_size=spec.get("patch_size"))
         self._load(backbone, self.backbone_state(), "encoder")
         return backbone.requires_grad_(False).eval()
 

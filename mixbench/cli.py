@@ -215,14 +215,31 @@ def compare(
     dirs: Annotated[list[Path] | None, typer.Argument(help="Folders to search for runs.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     reference: Annotated[bool, typer.Option("--reference", help="Add OpenMixup's published rows.")] = False,
+    metric: Annotated[str, typer.Option(
+        "--metric", help="Ranking column, with mean ± std, 95% CI and Welch's p vs vanilla: top1, linear, knn, ece "
+                         "(lower is better), mca, occlusion, fgsm or transfer:<data>.")] = "top1",
+    pivot: Annotated[bool, typer.Option(
+        "--pivot", help="One paper-style table: methods down, data set/backbone across, best in bold "
+                        "(markdown, latex or table).")] = False,
 ) -> None:
     """Leaderboard of every run below DIRS (default: results/)."""
 
     def go() -> None:
-        from mixbench.results.leaderboard import collect_runs, leaderboard, render
+        from mixbench.results.leaderboard import (
+            check_metric,
+            check_pivot_format,
+            collect_runs,
+            leaderboard,
+            render,
+            render_pivot,
+        )
 
+        name = check_metric(metric)  # a misspelt metric or format stops before any run folder is read
+        if pivot:
+            check_pivot_format(format.value)
         runs = collect_runs(list(dirs or [Path("results")]), warn=_err)  # warnings on stderr, tables on stdout
-        print(render(leaderboard(runs, include_reference=reference), format.value))
+        groups = leaderboard(runs, include_reference=reference, metric=name)
+        print(render_pivot(groups, format.value, metric=name) if pivot else render(groups, format.value))
 
     _guard(go)
 
@@ -348,6 +365,11 @@ def knn(
     _guard(go)
 
 
+class ProbeAugment(str, Enum):
+    none = "none"
+    crop_flip = "crop-flip"
+
+
 @app.command("linear-eval")
 def linear_eval(
     path: Annotated[Path, typer.Argument(help="A run folder or its checkpoint.pt.")],
@@ -359,13 +381,16 @@ def linear_eval(
     device: Annotated[Device, typer.Option(help="Device to encode and train on.")] = Device.auto,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Data override: data.key=VALUE.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when a stored result matches.")] = False,
+    augment: Annotated[ProbeAugment, typer.Option(help="Training images: none (features extracted once) or "
+                                                  "crop-flip (random crop as in training + flip, re-encoded by "
+                                                  "the frozen encoder every step).")] = ProbeAugment.none,
 ) -> None:
-    """Linear probe of a checkpoint's frozen encoder (BN in eval mode, pooled unaugmented features);
-    stored in RUN/evals/linear-<hash>/result.json."""
+    """Linear probe of a checkpoint's frozen encoder (BN in eval mode, pooled features, unaugmented unless
+    --augment crop-flip); stored in RUN/evals/linear-<hash>/result.json."""
 
     def go() -> None:
         from mixbench.engine.trainer import resolve_device
-        from mixbench.evaluate.linear import LinearProbe
+        from mixbench.evaluate.linear import linear_eval as run_probe
         from mixbench.evaluate.runner import open_checkpoint
 
         lrs = _number_list(lr, "--lr", float)
@@ -373,11 +398,8 @@ def linear_eval(
             raise UserError(f"--val-fraction {val_fraction}: expected a number between 0 and 1, e.g. 0.1")
         enc = open_checkpoint(path, "linear-eval", device=resolve_device(device.value), sets=set_ or [],
                               batch=500, force=force)
-        probe = LinearProbe(lrs, epochs=epochs, batch=batch, val_fraction=val_fraction)
-        settings = {"lrs": lrs, "epochs": epochs, "batch": batch, "val_fraction": val_fraction,
-                    "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "standardize": True,
-                    "bn": "frozen (eval mode, running statistics)", "augment": "none"}
-        result = enc.run("linear", settings, lambda: probe(None, enc.features(), None))
+        probe, result = run_probe(enc, lrs=lrs, epochs=epochs, batch=batch, val_fraction=val_fraction,
+                                  augment=augment.value)
         m = result["metrics"]
         print(f"linear-eval: {enc.describe(result)}")
         for rate in lrs:
@@ -390,11 +412,61 @@ def linear_eval(
     _guard(go)
 
 
+class TransferMode(str, Enum):
+    linear = "linear"
+    finetune = "finetune"
+
+
+@app.command()
+def transfer(
+    path: Annotated[Path, typer.Argument(help="A run folder or its checkpoint.pt.")],
+    data: Annotated[str, typer.Option("--data", help="Target data set: cifar10, cifar100, tiny-imagenet, "
+                                      "imagefolder, shapes.")],
+    root: Annotated[Path | None, typer.Option(help="Folder or archive (.tar/.tar.gz) of the target data.")] = None,
+    mode: Annotated[TransferMode, typer.Option(help="linear: probe the frozen backbone; finetune: train it with "
+                                               "a fresh head.")] = TransferMode.linear,
+    image_size: Annotated[int | None, typer.Option(min=8, max=1024, help="Side the target images are resized "
+                                                   "to (default: the checkpoint's).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=VALUE: data.* (train_size, test_size, "
+                                                   "seed, ...), probe.* (lrs, epochs, batch, val_fraction) for "
+                                                   "linear, recipe keys (train.epochs, ...) for finetune.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when a stored result matches.")] = False,
+    device: Annotated[Device, typer.Option(help="Device to encode and train on.")] = Device.auto,
+) -> None:
+    """Transfer a checkpoint's backbone to another data set with a fresh head (checkpoint normalisation, images at
+    the checkpoint's side); stored in RUN/evals/transfer-<hash>/result.json."""
+
+    def go() -> None:
+        from mixbench.engine.trainer import resolve_device
+        from mixbench.evaluate.transfer import transfer as run_transfer
+
+        t = run_transfer(path, data=data, root=root, mode=mode.value, image_size=image_size, sets=set_ or [],
+                         force=force, device=resolve_device(device.value))
+        m, protocol = t.metrics, t.result["protocol"]
+        target = protocol["target"]
+        print(f"transfer: {t.describe()}")
+        sizes = f"train_size {target['train_size'] or 'all'}, test_size {target['test_size'] or 'all'}"
+        if t.mode == "linear":
+            print(f"  linear probe on {t.data} ({sizes}) at {t.image_size} px: test top-1 {m['transfer_top1']:.2f}% "
+                  f"(lr {m['transfer_lr']:g} chosen on held-out training images, held-out top-1 "
+                  f"{m['transfer_val_top1']:.2f}%)")
+        else:
+            epochs = protocol["finetune"]["train"]["epochs"]
+            print(f"  fine-tuned on {t.data} ({sizes}) at {t.image_size} px for {epochs} epochs: test top-1 "
+                  f"{m['transfer_top1']:.2f}% (last epoch)")
+            print(f"  fine-tuning run: {t.finetune_run}")
+        norm = protocol["normalization"]
+        print(f"normalisation: mean {norm['mean']} std {norm['std']} (from the {norm['from']})")
+        print(f"result: {t.result['path']}")
+
+    _guard(go)
+
+
 @app.command()
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(help="Run folders or their checkpoint.pt files.")],
     only: Annotated[str, typer.Option(help="Evaluators, comma-separated: calibration, occlusion, fgsm, "
-                                      "corruptions (40 passes over the test set).")] = "calibration,occlusion,fgsm",
+                                      "corruptions (45 passes over the test set).")] = "calibration,occlusion,fgsm",
     device: Annotated[Device, typer.Option(help="Device to evaluate on.")] = Device.auto,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Data override: data.key=VALUE.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when a stored result matches.")] = False,
@@ -422,6 +494,82 @@ def evaluate(
                     print(f"  {name} {key} {value:.4g}")
             if "calibration" in names:
                 print(f"  reliability diagram: {enc.run_dir / 'reliability.png'}")
+
+    _guard(go)
+
+
+class PlotKind(str, Enum):
+    curves = "curves"
+    reliability = "reliability"
+    occlusion = "occlusion"
+    corruptions = "corruptions"
+
+
+class Band(str, Enum):
+    minmax = "minmax"
+    std = "std"
+
+
+@app.command()
+def plot(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, or folders holding runs (searched below).")],
+    kind: Annotated[PlotKind, typer.Option(help="curves: test metric and train loss per epoch; reliability: "
+                                           "calibration per run; occlusion: top-1 vs occluder size; corruptions: "
+                                           "top-1 vs severity per corruption.")] = PlotKind.curves,
+    out: Annotated[Path | None, typer.Option(help="PNG file to write (default: <kind>.png).")] = None,
+    metric: Annotated[str, typer.Option(help="curves: the metrics.jsonl key to draw (top1, top5, ...).")] = "top1",
+    band: Annotated[Band, typer.Option(help="Seed band around each group's mean: min-max over the runs or "
+                                       "±1 sample std.")] = Band.minmax,
+) -> None:
+    """Draw learning curves, reliability diagrams or robustness curves of runs as a PNG.
+
+    Runs differing only in the seed are one line with a seed band. Needs matplotlib (the "plot" extra of
+    mixbench, or pip install matplotlib)."""
+
+    def go() -> None:
+        from mixbench.plots import plot as draw
+
+        result = draw(paths, kind.value, out or Path(f"{kind.value}.png"), metric=metric, band=band.value)
+        print(f"wrote {result.path} ({result.kind}: {result.runs} run{'s' if result.runs != 1 else ''} in "
+              f"{result.groups} group{'s' if result.groups != 1 else ''}, {result.size[0]}x{result.size[1]} px)")
+
+    _guard(go)
+
+
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    pt = "pt"
+
+
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="Run folder or its checkpoint.pt.")],
+    format_: Annotated[ExportFormat, typer.Option("--format", help="safetensors (tensors + metadata), or pt "
+                                                  "(torch.save of state_dict + metadata).")] = ExportFormat.safetensors,
+    out: Annotated[Path | None, typer.Option(help="File to write (default: backbone.<format> in the run "
+                                             "folder).")] = None,
+) -> None:
+    """Write a run's encoder (backbone only, no head) with metadata, as safetensors or pt.
+
+    The metadata describes it (architecture, width, image size, normalisation, classes, run id, recipe hash,
+    versions). The recipe key model.weights loads it; for a
+    timm:<name> backbone so does timm.create_model(name, pretrained=True,
+    pretrained_cfg_overlay=dict(file=PATH), num_classes=0). The built-in CIFAR backbones are not timm models
+    and timm cannot load them (3x3 stride-1 stem, no max-pool, width multiplier): metadata timm_loadable false."""
+
+    def go() -> None:
+        from mixbench.export import export_backbone, human_bytes
+
+        r = export_backbone(source, fmt=format_.value, out=out)
+        m = r.metadata
+        width = f" (width {m['width']:g})" if m["width"] is not None else ""
+        print(f"exported {m['architecture']}{width} encoder of {m['run_id'] or source} -> {r.path}")
+        print(f"  {r.format}, {human_bytes(r.bytes)} ({r.bytes} bytes), {r.tensors} tensors, "
+              f"{r.parameters:,} parameters, {m['num_features']}-d features, {m['image_size']} px, "
+              f"mean {m['mean']} std {m['std']}")
+        print(f"  load: [model].weights = \"{r.path}\"" + (f"; {m['timm_note']}" if m["timm_loadable"] else
+                                                          "; not loadable by timm.create_model (a mixbench "
+                                                          "backbone, see the metadata's timm_note)"))
 
     _guard(go)
 

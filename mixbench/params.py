@@ -84,6 +84,7 @@ class RunFacts:
     stage_hooks: bool = True  # False: a timm backbone, which cannot mix or read hidden stages
     image_side: int | None = None  # side of the training images; None: unknown until the files are read
     feature_side: int | None = None  # side of the backbone's final feature map at image_side
+    patch_size: int | None = None  # [model].patch_size of a timm vision transformer; None: unset
 
     def stages_text(self) -> str:
         where = "the default" if self.model_origin == "defaults" else self.model_origin

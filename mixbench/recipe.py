@@ -76,20 +76,26 @@ MODEL_SCHEMA: dict[str, Param] = {
     "weights": Param("path", None, "local weights file to start from", optional=True),
     "zero_init_residual": Param("bool", True, "zero the last BN of each residual block"),
     "drop_rate": Param("float", 0.0, "dropout rate where the backbone has dropout", low=0, high=1, high_open=True),
+    "patch_size": Param("int", None, "timm vision transformers only: patch side in pixels (must divide the image "
+                        "side; e.g. 4 at 32 px, 8 at 64 px); unset: the model's own", low=1, optional=True),
 }
 
 TRAIN_SCHEMA: dict[str, Param] = {
     "epochs": Param("int", 200, "training epochs", low=1),
     "batch_size": Param("int", 100, "global batch size (all devices together; at most the training images)",
                         low=1, high=MAX_IMAGES),
-    "optimizer": Param("str", "sgd", "optimiser", choices=("sgd", "adamw")),
+    "optimizer": Param("str", "sgd", "optimiser (lars: timm's LARS, biases and norms neither adapted nor decayed)",
+                       choices=("sgd", "adamw", "lars")),
     "lr": Param("float", 0.1, "peak learning rate (at most 10: a larger step overflows float32 weights)",
                 low=0, low_open=True, high=MAX_LR),
     "momentum": Param("float", 0.9, "SGD momentum", low=0, high=1, high_open=True),
     "nesterov": Param("bool", False, "SGD Nesterov momentum"),
     "betas": Param("float_list", [0.9, 0.999], "AdamW betas"),
     "weight_decay": Param("float", 1e-4, "weight decay (at most 1)", low=0, high=1),
-    "no_decay_norm_bias": Param("bool", False, "no weight decay on norm weights and biases"),
+    "no_decay_norm_bias": Param("bool", False, "no weight decay on norm weights and biases (required by lars)"),
+    "lars_eta": Param("float", 0.02, "lars: trust coefficient η of the ratio η‖w‖/(‖g‖ + λ‖w‖) (solo-learn: 0.02)",
+                      low=0, low_open=True, high=1),
+    "lars_clip": Param("bool", True, "lars: clip the trust ratio to min(ratio/lr, 1) (LARC; solo-learn's clip_lr)"),
     "schedule": Param("str", "cosine", "learning-rate schedule", choices=("cosine", "step", "constant")),
     "min_lr": Param("float", 0.0, "cosine: final learning rate (at most lr)", low=0, high=MAX_LR),
     "milestones": Param("int_list", [], "step: epochs at which lr is multiplied by gamma"),
@@ -115,13 +121,19 @@ EVAL_SCHEMA: dict[str, Param] = {
     "batch_size": Param("int", 500, "evaluation batch size (at most 10^7)", low=1, high=MAX_IMAGES),
     "ema": Param("bool", True, "also evaluate the EMA weights when train.ema is on"),
     "save_mixes": Param("int", 0, "save a PNG grid of mixed pairs every N epochs (0: never)", low=0),
+    "after": Param("str_list", [], "evaluators run on the finished run, stored in RUN/evals/ as their commands "
+                   "store them: linear, knn, calibration, occlusion, fgsm, corruptions"),
 }
 
-# Keys that never change what a run computes: left out of the run id hash.
-_NOT_HASHED = {("train", "stop_after"), ("train", "log_every"), ("eval", "batch_size"), ("eval", "save_mixes")}
+# Keys that never change what a run computes: left out of the run id hash. ``[eval].after`` is one: the evaluations
+# read the finished checkpoint and write only RUN/evals/ (each result keyed by its own protocol hash), so adding one
+# to a recipe must find the same run, not train a new one.
+_NOT_HASHED = {("train", "stop_after"), ("train", "log_every"), ("eval", "batch_size"), ("eval", "save_mixes"),
+               ("eval", "after")}
 # Keys added after run ids were first issued: hashed only when set away from their default, so that
 # the run id of every earlier recipe stays what it was.
-_HASHED_IF_SET = {("train", "sync_bn"): False}
+_HASHED_IF_SET = {("train", "sync_bn"): False, ("train", "lars_eta"): 0.02, ("train", "lars_clip"): True,
+                  ("model", "patch_size"): None}
 
 
 @dataclass
@@ -457,6 +469,7 @@ def validate(merged: dict[str, Any], origin: dict[str, str], *, default_name: st
     problems += model_probs
     data_facts = _data_facts(tables["data"], DATASETS) if "data" in clean else None
     facts = _run_facts(tables["model"], origin, data_facts) if "model" in clean and not model_probs else None
+    problems += _patch_checks(tables["model"], origin, facts) if facts is not None else []
     for table, registry, kind in (("method", METHODS, "method"), ("loss", LOSSES, "loss")):
         torigin = _table_origin(origin, table)
         values, probs = _registry_table(merged.get(table, {}), registry, kind, f"[{table}]", torigin, facts)
@@ -466,6 +479,7 @@ def validate(merged: dict[str, Any], origin: dict[str, str], *, default_name: st
             clean.add(table)
 
     problems += _cross_checks(tables, origin, DATASETS)
+    problems += _eval_checks(tables["eval"], origin)
     problems += _batch_checks(tables, origin, METHODS)
     if {"data", "train", "method"} <= clean and data_facts is not None and not problems:
         problems += _data_checks(tables, origin, data_facts, METHODS, facts)
@@ -504,7 +518,16 @@ def _run_facts(model: dict[str, Any], origin: dict[str, str], data_facts: Any) -
     side = None if data_facts is None else data_facts.side
     return RunFacts(model=name, model_origin=origin.get("model.name", "defaults"), num_stages=num_stages(name),
                     stage_hooks=not name.startswith("timm:"), image_side=side,
-                    feature_side=feature_side(name, side) if side is not None else None)
+                    feature_side=feature_side(name, side) if side is not None else None,
+                    patch_size=model.get("patch_size"))
+
+
+def _patch_checks(model: dict[str, Any], origin: dict[str, str], facts: RunFacts) -> list[str]:
+    """``[model].patch_size``: only for a ``timm:`` transformer, and a divisor of the image side when known."""
+    from mixbench.models.timm_bridge import patch_size_problem
+
+    problem = patch_size_problem(model.get("patch_size"), facts.image_side, model["name"])
+    return [f"{origin.get('model.patch_size', 'recipe')}: {problem}"] if problem else []
 
 
 def _data_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], facts: Any, methods: Any,
@@ -591,6 +614,22 @@ def _batch_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], methods:
     return []
 
 
+def _eval_checks(ev: dict[str, Any], origin: dict[str, str]) -> list[str]:
+    """``[eval].after`` names evaluators that run on a finished run (``mixbench.evaluate.after.AFTER_NAMES``)."""
+    from mixbench.evaluate.after import AFTER_NAMES
+
+    after = ev.get("after")
+    if not isinstance(after, list):  # its type was already reported
+        return []
+    unknown = [name for name in dict.fromkeys(after) if name not in AFTER_NAMES]
+    if not unknown:
+        return []
+    hint = did_you_mean(unknown[0], AFTER_NAMES) if len(unknown) == 1 and len(unknown[0]) < 100 else ""
+    names = ", ".join(f"'{show_key(n)}'" for n in unknown)
+    return [f"{origin.get('eval.after', 'recipe')}: [eval].after: unknown evaluator{'s' if len(unknown) > 1 else ''} "
+            f"{names}{hint}; valid: {', '.join(AFTER_NAMES)}"]
+
+
 def _cross_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], datasets: Any) -> list[str]:
     """Problems that involve more than one key."""
     out: list[str] = []
@@ -631,7 +670,16 @@ def _cross_checks(t: dict[str, dict[str, Any]], origin: dict[str, str], datasets
         if stop is not None and stop > epochs:
             out.append(f"{src('train.stop_after')}: [train].stop_after must be <= epochs ({epochs})")
     if train.get("optimizer") == "adamw" and train.get("nesterov"):
-        out.append(f"{src('train.nesterov')}: [train].nesterov applies to sgd only")
+        out.append(f"{src('train.nesterov')}: [train].nesterov applies to sgd only and to lars (its SGD part), "
+                   "not adamw")
+    if train.get("optimizer") == "lars" and train.get("no_decay_norm_bias") is False:
+        out.append(f"{src('train.optimizer')}: [train].optimizer = 'lars' needs [train].no_decay_norm_bias = true "
+                   "(LARS neither adapts nor decays biases and norm weights, solo-learn's exclude_bias_n_norm)")
+    if train.get("optimizer") in ("sgd", "adamw"):  # a resolved recipe lists them at their defaults: fine
+        for key in ("lars_eta", "lars_clip"):
+            if f"train.{key}" in origin and train.get(key) != TRAIN_SCHEMA[key].default:
+                out.append(f"{src(f'train.{key}')}: [train].{key} applies to optimizer = 'lars' only, "
+                           f"not '{train.get('optimizer')}'")
     betas = train.get("betas")
     if isinstance(betas, list) and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         out.append(f"{src('train.betas')}: [train].betas: expected 2 numbers in [0, 1), got {show(betas)}")

@@ -11,10 +11,21 @@ import torch
 
 from mixbench.data.shapes import generate
 from mixbench.evaluate.base import EVALUATORS, EvalContext
-from mixbench.evaluate.corruptions import CORRUPTIONS, Corruptions, corrupt, corruption_seed
+from mixbench.evaluate.corruptions import (
+    CORRUPTIONS,
+    Corruptions,
+    corrupt,
+    corruption_seed,
+    hsv_to_rgb,
+    rgb_to_hsv,
+)
 from mixbench.models import build_model
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
+# Severities along which the distance to the clean image grows. Hendrycks' saturate has two legs: severities 1-2
+# desaturate (S x .3, then x .1: further from the image), 3-5 saturate (S x 1.5, x 2 + .1, x 2.5 + .2); severity 3
+# is closer to the clean image than severity 2, so it is monotone within each leg, not across them.
+LEGS = {"saturate": ((0, 1, 2), (0, 3, 4, 5))}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +40,9 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def test_registry_and_required_names():
     assert {"gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "brightness", "contrast",
-            "pixelate", "defocus_blur"} <= set(CORRUPTIONS)
+            "pixelate", "defocus_blur", "saturate"} <= set(CORRUPTIONS)
+    assert list(CORRUPTIONS)[:8] == ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur",
+                                     "gaussian_blur", "brightness", "contrast", "pixelate"]  # seeds kept
     assert EVALUATORS.get("corruptions") is Corruptions
     for c in CORRUPTIONS.values():
         assert len(c.params) == 5 and c.differs, c.name
@@ -52,8 +65,11 @@ def test_severity_grows_and_output_is_uint8(images, name):
         y = CORRUPTIONS[name].apply(images.float() / 255, s, gen(1))
         assert y.min() >= 0 and y.max() <= 1
         dist.append((out.float() - images.float()).abs().mean().item())
-    assert dist[0] == 0 and dist[1] > 0, dist
-    assert all(a <= b for a, b in zip(dist, dist[1:], strict=False)), (name, dist)
+    assert dist[0] == 0 and all(d > 0 for d in dist[1:]), dist
+    for leg in LEGS.get(name, ((0, 1, 2, 3, 4, 5),)):
+        assert all(dist[a] <= dist[b] for a, b in zip(leg, leg[1:], strict=False)), (name, leg, dist)
+    if name in LEGS:  # the legs are real: the first severity of the second leg is closer than the end of the first
+        assert dist[LEGS[name][1][1]] < dist[LEGS[name][0][-1]], dist
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
@@ -129,6 +145,40 @@ def test_brightness_matches_hsv(images):
             h, sat, v = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
             ref = colorsys.hsv_to_rgb(h, sat, min(v + c, 1.0))
             assert torch.allclose(got[n, :, i, j], torch.tensor(ref), atol=1e-5), (s, idx)
+
+
+def test_rgb_hsv_round_trip_matches_colorsys():
+    x = torch.rand(3, 3, 6, 6, generator=gen(2))
+    x[0, :, 0, 0] = 0.0  # black
+    x[0, :, 0, 1] = 0.4  # grey: hue 0, saturation 0
+    x[1, :, 2, 2] = torch.tensor([0.3, 0.3, 0.1])  # red = green maximum
+    x[1, :, 3, 3] = torch.tensor([0.2, 0.5, 0.5])  # green = blue maximum
+    x[2, :, 4, 4] = torch.tensor([0.9, 0.1, 0.85])  # hue just below 1
+    hsv = rgb_to_hsv(x)
+    ref = torch.tensor([[colorsys.rgb_to_hsv(*x[n, :, i, j].tolist()) for j in range(6)] for n in range(3)
+                        for i in range(6)]).view(3, 6, 6, 3).permute(0, 3, 1, 2)
+    assert torch.allclose(hsv, ref, atol=1e-6)
+    assert torch.allclose(hsv_to_rgb(hsv), x, atol=1e-6)
+    back = torch.tensor([[colorsys.hsv_to_rgb(*hsv[n, :, i, j].tolist()) for j in range(6)] for n in range(3)
+                         for i in range(6)]).view(3, 6, 6, 3).permute(0, 3, 1, 2)
+    assert torch.allclose(hsv_to_rgb(hsv), back, atol=1e-6)
+
+
+def test_saturate_matches_hsv(images):
+    x = images[:2].float() / 255
+    x[0, :, 0, 0] = 0.5  # grey: hue 0, so an additive c1 tints it red (skimage's behaviour)
+    for s, (a, b) in enumerate(CORRUPTIONS["saturate"].params, 1):
+        got = CORRUPTIONS["saturate"].apply(x, s, gen())
+        for n, i, j in ((0, 0, 0), (0, 5, 7), (1, 13, 20), (1, 31, 31), (0, 16, 2)):
+            h, sat, v = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+            ref = colorsys.hsv_to_rgb(h, min(max(sat * a + b, 0.0), 1.0), v)
+            assert torch.allclose(got[n, :, i, j], torch.tensor(ref), atol=1e-5), (s, n, i, j)
+    assert CORRUPTIONS["saturate"].params == ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))
+    grey = CORRUPTIONS["saturate"].apply(torch.full((1, 3, 2, 2), 0.5), 5, gen())
+    assert torch.allclose(grey[0, :, 0, 0], torch.tensor([0.5, 0.4, 0.4]))  # S = 0.2 at hue 0
+    # value (the channel maximum) is kept at every severity
+    for s in range(1, 6):
+        assert torch.allclose(CORRUPTIONS["saturate"].apply(x, s, gen()).amax(1), x.amax(1), atol=1e-6)
 
 
 def test_contrast_matches_formula(images):

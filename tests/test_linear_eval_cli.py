@@ -33,6 +33,21 @@ def test_linear_eval_stores_every_lr_and_reuses_its_result(tiny_recipe, tmp_path
     after = read_checkpoint(result.run_dir).method_state  # the checkpoint is only read
     assert all(torch.equal(before[k], after[k]) for k in before)
 
+    augmented = [*args, "--augment", "crop-flip"]  # another protocol: its own result, beside the first
+    third = runner.invoke(app, augmented)
+    assert third.exit_code == 0, third.output
+    assert "randomly cropped (pad 4, reflect) and flipped" in third.output and "from cached features" in third.output
+    records = {json.loads(p.read_text())["protocol"]["augment"]: json.loads(p.read_text())
+               for p in (result.run_dir / "evals").glob("linear-*/result.json")}
+    assert set(records) == {"none", "crop-flip"}
+    aug = records["crop-flip"]
+    assert (aug["protocol"]["crop_padding"], aug["protocol"]["padding_mode"]) == (4, "reflect")
+    assert aug["protocol"]["lrs"] == [0.1, 1.0] and 0 <= aug["metrics"]["linear_top1"] <= 100
+    assert records["none"] == record  # the unaugmented result stays as it was
+    assert "reused the stored result" in runner.invoke(app, augmented).output
+    after = read_checkpoint(result.run_dir).method_state
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
 
 def test_linear_eval_bad_input_is_one_sentence(tmp_path):
     runner = CliRunner()
@@ -40,3 +55,5 @@ def test_linear_eval_bad_input_is_one_sentence(tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output and "linear-eval" in res.output
     res = runner.invoke(app, ["linear-eval", str(tmp_path), "--val-fraction", "1.5"])
     assert res.exit_code == 2 and "--val-fraction" in res.output
+    res = runner.invoke(app, ["linear-eval", str(tmp_path), "--augment", "rrc"])
+    assert res.exit_code == 2 and "--augment" in res.output and "crop-flip" in res.output

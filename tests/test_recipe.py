@@ -206,3 +206,29 @@ def test_run_id_tracks_config_but_not_bookkeeping(tmp_path):
     assert load_recipe(path, ["train.log_every=7"]).run_id() == base
     assert load_recipe(path, ["train.lr=0.3"]).run_id() != base
     assert load_recipe(path, ["seed=1"]).run_id().startswith("seed1-")
+
+
+def test_eval_after_names_evaluators_and_is_checked(tmp_path):
+    r = load_recipe(write(tmp_path / "r.toml", '[eval]\nafter = ["linear", "knn", "corruptions"]\n'))
+    assert r.eval["after"] == ["linear", "knn", "corruptions"]
+    assert load_recipe(write(tmp_path / "d.toml", "")).eval["after"] == []
+    path = write(tmp_path / "bad.toml", '[eval]\nafter = ["knn", "lineer"]\n')
+    (p,) = problems_of(path)
+    assert p == (f"{path}: [eval].after: unknown evaluator 'lineer' (did you mean 'linear'?); valid: linear, knn, "
+                 "calibration, occlusion, fgsm, corruptions")
+    (p,) = problems_of(write(tmp_path / "two.toml", '[eval]\nafter = ["fid", "ssim", "fid"]\n'))
+    assert "unknown evaluators 'fid', 'ssim'; valid: linear, knn" in p
+    (p,) = problems_of(write(tmp_path / "s.toml", ""), ['eval.after=["top5"]'])
+    assert p.startswith("--set: [eval].after: unknown evaluator 'top5'")
+    (p,) = problems_of(write(tmp_path / "t.toml", '[eval]\nafter = "knn"\n'))
+    assert "[eval].after: expected a list of strings, got 'knn'" in p
+
+
+def test_eval_after_leaves_the_run_id_alone(tmp_path):
+    """It changes nothing a run trains, so it is outside the hash: adding evaluations finds the same run."""
+    path = write(tmp_path / "r.toml", "")
+    base = load_recipe(path).run_id()
+    assert load_recipe(path, ['eval.after=["knn", "linear"]']).run_id() == base
+    assert load_recipe(path, ["eval.after=[]"]).run_id() == base
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    assert load_recipe(quickstart).run_id() == "seed0-89e5a4"  # the id it had before the key existed (README)

@@ -517,12 +517,15 @@ def test_compare_without_evals_looks_as_before(tmp_path, capsys):
     assert not err and not g.notes
     assert not {"linear", "knn", "ece", "protocols_differ"} & set(rows["mixup"])
     header = render([g], "table").splitlines()[1].split()
-    assert header == ["method", "n", "top-1", "(median", "of", "last", "1)", "Δ", "vanilla", "best", "last",
-                      "wall", "(min)", "img/s", "mixer", "ms/step", "other", "runs"]
+    # two seeds: the 95% interval of issue 13 follows top-1 (no vanilla row, so no p column)
+    assert header == ["method", "n", "top-1", "(median", "of", "last", "1)", "95%", "CI", "Δ", "vanilla", "best",
+                      "last", "wall", "(min)", "img/s", "mixer", "ms/step", "other", "runs"]
+    # csv and json always name the ranking metric and carry its statistics, so their schema does not shift
     assert list(pd.read_csv(io.StringIO(render([g], "csv"))).columns) == [
-        "dataset", "backbone", "epochs", "labels", "method", "n", "top1", "top1_std", "median_window", "delta",
-        "best", "last", "momentum_top1", "wall_min", "images_per_s", "mixer_ms", "other"]
-    assert set(json.loads(render([g], "json"))[0]) == {"dataset", "backbone", "epochs", "labels", "rows"}
+        "dataset", "backbone", "epochs", "labels", "metric", "method", "n", "top1", "top1_std", "median_window",
+        "ci_low", "ci_high", "p_vanilla", "delta", "best", "last", "momentum_top1", "wall_min", "images_per_s",
+        "mixer_ms", "other"]
+    assert set(json.loads(render([g], "json"))[0]) == {"dataset", "backbone", "epochs", "labels", "metric", "rows"}
 
 
 def test_evaluator_columns_only_in_groups_with_values(tmp_path, capsys):

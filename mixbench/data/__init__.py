@@ -24,7 +24,7 @@ from mixbench.data.batches import BatchSpec, LabelledBatch, SemiSupervisedBatch,
 from mixbench.data.cache import cached, fingerprint
 from mixbench.data.gpu_loader import Augment, DeviceLoader, Views, ViewsLoader, shard_of
 from mixbench.data.semisup import build_semisup_loaders, semisup_train_loader
-from mixbench.data.sources import read_cifar, read_imagefolder, read_tiny_imagenet
+from mixbench.data.sources import read_cifar, read_imagefolder, read_tiny_imagenet, resize_uint8
 from mixbench.data.streaming import StreamingLoader
 from mixbench.errors import UserError
 from mixbench.registry import Registry
@@ -108,16 +108,25 @@ def _subset(split: dict, cfg: DataConfig) -> dict:
     return split
 
 
+def _cifar(which: str, cfg: DataConfig) -> dict:
+    """The pickles' subset, resized (antialiased bilinear) when ``image_size`` asks for another side than 32."""
+    split = _subset(read_cifar(which, _root(cfg), cfg.download), cfg)
+    if cfg.image_size is not None:
+        for name in ("train_x", "test_x"):
+            split[name] = resize_uint8(split[name], cfg.image_size)
+    return split
+
+
 @DATASETS.register("cifar10", doc="CIFAR-10 from torchvision's pickle files under data.root",
                    mean=CIFAR_MEAN, std=CIFAR_STD)
 def _cifar10(cfg: DataConfig) -> dict:
-    return _subset(read_cifar("cifar10", _root(cfg), cfg.download), cfg)
+    return _cifar("cifar10", cfg)
 
 
 @DATASETS.register("cifar100", doc="CIFAR-100 (fine labels) from torchvision's pickle files under data.root",
                    mean=CIFAR_MEAN, std=CIFAR_STD)
 def _cifar100(cfg: DataConfig) -> dict:
-    return _subset(read_cifar("cifar100", _root(cfg), cfg.download), cfg)
+    return _cifar("cifar100", cfg)
 
 
 @DATASETS.register("imagefolder", doc="train/ and test/ (or val/) class folders, or a .tar/.tar.gz of them",
@@ -147,6 +156,8 @@ def load_image_data(cfg: DataConfig) -> ImageData:
     if cfg.source == "shapes":
         key["generator_version"] = shapes.VERSION
     else:
+        if cfg.source in ("cifar10", "cifar100") and cfg.image_size not in (None, 32):
+            key["resize"] = "antialiased bilinear"  # earlier mixbench cached these at 32 px under the same key
         root = _root(cfg).resolve()
         if not root.exists() and not cfg.download:
             entry.factory(cfg)  # raises the source's own message naming the files it expects

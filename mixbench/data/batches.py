@@ -10,7 +10,8 @@ LabelledBatch()          ``(x, y)``: b augmented images and their labels        
 SemiSupervisedBatch()    ``SemiBatch``: b labelled + μ·b unlabelled (weak,      B·(1 + μ)
                          strong views)
 ViewsBatch(views)        ``Views``: N views of the same b images, view k        B·N
-                         augmented by ``views[k]``
+                         augmented by ``views[k]`` (an ``Augment`` or a
+                         ``ViewSpec``)
 =======================  =====================================================  ====================
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mixbench.data.gpu_loader import AUGMENT_KINDS, Augment, Views
+from mixbench.data.views import ViewSpec
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,12 @@ class SemiSupervisedBatch:
 class ViewsBatch:
     """N augmented views of the same images per step (``Views``), view k augmented by ``views[k]``.
 
-    ``[data].augment`` is not used: each view names its own :class:`Augment`.
+    ``[data].augment`` is not used: each view names its own :class:`Augment` (crop/flip kinds) or
+    :class:`~mixbench.data.views.ViewSpec` (self-supervised views: crop, colour, blur, solarisation;
+    views may differ in output size, as multi-crop's global and local crops do).
     """
 
-    views: tuple[Augment, ...]
+    views: tuple[Augment | ViewSpec, ...]
     needs_label_split: ClassVar[bool] = False
     description: ClassVar[str] = "multi-view"
 
@@ -59,9 +63,13 @@ class ViewsBatch:
         object.__setattr__(self, "views", tuple(self.views))
         if not self.views:
             raise ValueError("ViewsBatch needs at least one view")
-        bad = [v for v in self.views if not isinstance(v, Augment) or v.kind not in AUGMENT_KINDS]
-        if bad:
-            raise ValueError(f"ViewsBatch views must be Augment with kind in {AUGMENT_KINDS}, got {bad}")
+        for v in self.views:
+            if isinstance(v, ViewSpec):
+                if problems := v.problems():
+                    raise ValueError(f"ViewsBatch view {v.describe()}: " + "; ".join(problems))
+            elif not isinstance(v, Augment) or v.kind not in AUGMENT_KINDS:
+                raise ValueError(f"ViewsBatch views must be ViewSpec or Augment with kind in {AUGMENT_KINDS}, "
+                                 f"got {v!r}")
 
     @classmethod
     def from_kinds(cls, kinds: tuple[str, ...] | list[str], **augment_kw) -> ViewsBatch:

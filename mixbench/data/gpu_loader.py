@@ -221,7 +221,7 @@ class DeviceLoader:
 class Views(NamedTuple):
     """One step of a views loader: view k of image i is ``views[k][i]``; ``y`` is for diagnostics/kNN only."""
 
-    views: tuple[torch.Tensor, ...]  # N float [b, C, H, W], normalised
+    views: tuple[torch.Tensor, ...]  # N float [b, C, H_k, W_k], normalised (multi-crop: sizes differ)
     y: torch.Tensor  # int64 [b]
 
 
@@ -230,14 +230,21 @@ class ViewsLoader:
 
     Per epoch one on-device permutation; per step the global batch of B images is gathered once
     and view k is ``views[k]`` applied to it with its own draws (view 0's, then view 1's, ...).
+    A view is an :class:`Augment` (``augment_batch``) or a ``ViewSpec`` (``mixbench.data.views.make_views``:
+    crop, colour jitter, greyscale, blur, solarisation); views may differ in size (multi-crop).
     ``images_per_step = B·N``; sharding as :class:`DeviceLoader`.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, views: Sequence[Augment],
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, views: Sequence[object],
                  mean, std, generator: torch.Generator, drop_last: bool = True, channels_last: bool = False,
                  rank: int = 0, world_size: int = 1):
+        from mixbench.data.views import ViewSpec, make_views  # views.py imports this module
+
         if len(views) == 0:
             raise ValueError("a views loader needs at least one view")
+        bad = [v for v in views if not isinstance(v, (Augment, ViewSpec))]
+        if bad:
+            raise ValueError(f"a view is an Augment or a ViewSpec, got {bad}")
         shard_of(batch_size, rank, world_size)  # checks the rank
         self.images, self.labels = images, labels
         self.batch_size, self.views = batch_size, tuple(views)
@@ -245,16 +252,22 @@ class ViewsLoader:
         self.rank, self.world_size = rank, world_size
         self.images_per_step = batch_size * len(self.views)
         self.normalize = Normalize(mean, std, images.device)
+        self._make_views = make_views
 
     def __len__(self) -> int:
         return steps_per_epoch(self.images.shape[0], self.batch_size, self.drop_last)
+
+    def _view(self, raw: torch.Tensor, view, shard: Shard) -> torch.Tensor:
+        if isinstance(view, Augment):
+            return augment_batch(raw, view, self.generator, shard)
+        return self._make_views(raw, view, self.generator, shard)
 
     def __iter__(self) -> Iterator[Views]:
         gen = self.generator
         order = torch.randperm(self.images.shape[0], device=self.images.device, generator=gen)
         for idx, shard in sharded_batches(order, len(self), self.batch_size, self.rank, self.world_size):
             raw = self.images[idx]
-            xs = tuple(model_input(augment_batch(raw, v, gen, shard), self.normalize, self.channels_last)
+            xs = tuple(model_input(self._view(raw, v, shard), self.normalize, self.channels_last)
                        for v in self.views)
             yield Views(xs, self.labels[idx])
 

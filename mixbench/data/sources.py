@@ -3,7 +3,10 @@
 ``cifar10``/``cifar100``: torchvision's pickle batches. ``imagefolder``: ``train/`` and
 ``test/`` (or ``val/``) class folders, as a tree or a ``.tar``/``.tar.gz`` archive.
 ``tiny-imagenet``: ``wnids.txt``, ``train/<wnid>/images`` and the flat ``val/images`` with
-``val/val_annotations.txt``.
+``val/val_annotations.txt``, as the extracted ``tiny-imagenet-200/`` folder or its ``.tar``/``.tar.gz``
+(with or without that top folder). An archive is read in two sequential passes (gzip cannot seek): one
+lists its members, the other reads only the images of the chosen subset, in archive order.
+``resize_uint8`` resizes decoded tensors (cifar's pickles, which hold 32x32 only).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import pickle
 import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mixbench.errors import UserError
@@ -47,7 +51,7 @@ DECODE_OVERHEAD = 2
 @dataclass(frozen=True)
 class Layout:
     """A source's fixed shape: classes, full train/test split sizes, native side, and whether
-    ``[data].image_size`` resizes it (cifar's pickles are always 32x32)."""
+    ``[data].image_size`` resizes it (cifar: its 32x32 pickles are resized after decoding)."""
 
     classes: int
     train: int
@@ -57,8 +61,8 @@ class Layout:
 
 
 LAYOUTS = {
-    "cifar10": Layout(10, 50_000, 10_000, 32, resizes=False),
-    "cifar100": Layout(100, 50_000, 10_000, 32, resizes=False),
+    "cifar10": Layout(10, 50_000, 10_000, 32, resizes=True),
+    "cifar100": Layout(100, 50_000, 10_000, 32, resizes=True),
     "tiny-imagenet": Layout(200, 100_000, 10_000, 64, resizes=True),
 }
 
@@ -294,9 +298,15 @@ def read_imagefolder(root: Path, image_size: int | None, train_size: int | None,
         with tarfile.open(root, "r:*") as tar:
             return _decode_listing(root, _listing(root, tar), image_size, train_size, test_size, seed)
     except ARCHIVE_ERRORS as e:  # truncated gzip (EOFError), corrupt stream (zlib.error), not a tar at all, ...
-        raise UserError(f"[data].root: {root} is not a readable tar archive, or it is truncated or corrupt "
-                        f"({type(e).__name__}: {e}); download or pack it again, or point [data].root at the "
-                        "extracted folder") from None
+        raise UserError(_archive_problem(root, e)) from None
+
+
+def _archive_problem(root: Path, e: BaseException) -> str:
+    """The one sentence for an archive that cannot be read to its end."""
+    detail = " ".join(str(e).split())  # tarfile's "r:*" lists every method it tried, one a line
+    return (f"[data].root: {root} is not a readable tar archive, or it is truncated or corrupt "
+            f"({type(e).__name__}: {detail}); download or pack it again, or point [data].root at the extracted "
+            "folder")
 
 
 def _decode_listing(root: Path, found: dict, image_size: int | None, train_size: int | None,
@@ -322,26 +332,128 @@ def _decode_listing(root: Path, found: dict, image_size: int | None, train_size:
     return out
 
 
+TINY_WRAP = "tiny-imagenet-200"
+
+
+@dataclass
+class TinyListing:
+    """What a Tiny-ImageNet tree or archive holds: the text of ``wnids.txt`` and ``val/val_annotations.txt``
+    (``None`` when absent), training images by wnid as (name, handle) and validation images by file name.
+    A handle is a Path or a (tar, member) pair, as :func:`_read_many` takes them."""
+
+    wnids: str | None = None
+    annotations: str | None = None
+    train: dict[str, list[tuple[str, object]]] = field(default_factory=dict)
+    val: dict[str, object] = field(default_factory=dict)
+
+
+def _tiny_folder(root: Path) -> TinyListing:
+    """List an extracted Tiny-ImageNet folder (``root`` itself or its ``tiny-imagenet-200/``)."""
+    if not (root / "wnids.txt").is_file() and (root / TINY_WRAP / "wnids.txt").is_file():
+        root = root / TINY_WRAP
+    found = TinyListing()
+    wnids, ann = root / "wnids.txt", root / "val" / "val_annotations.txt"
+    if wnids.is_file():
+        found.wnids = wnids.read_text()
+    if ann.is_file():
+        found.annotations = ann.read_text()
+    if (root / "train").is_dir():
+        for folder in sorted((root / "train").iterdir()):
+            images = folder / "images"
+            if images.is_dir():
+                found.train[folder.name] = [(str(p), p) for p in sorted(images.iterdir())
+                                            if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+    if (root / "val" / "images").is_dir():
+        found.val = {p.name: p for p in (root / "val" / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    return found
+
+
+def _tiny_archive(tar: tarfile.TarFile) -> TinyListing:
+    """List a Tiny-ImageNet archive in one sequential pass; the two text files are read as they pass by.
+
+    Members are recognised by the end of their path (``wnids.txt``, ``val/val_annotations.txt``,
+    ``train/<wnid>/images/<file>``, ``val/images/<file>``), so any top folder (or none) works; the top
+    folder of ``wnids.txt`` is the one kept when an archive holds several.
+    """
+    by_top: dict[tuple[str, ...], TinyListing] = {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        parts = PurePosixPath(member.name).parts
+        ext = PurePosixPath(member.name).suffix.lower()
+        if parts[-1:] == ("wnids.txt",):
+            by_top.setdefault(parts[:-1], TinyListing()).wnids = _member_text(tar, member)
+        elif parts[-2:] == ("val", "val_annotations.txt"):
+            by_top.setdefault(parts[:-2], TinyListing()).annotations = _member_text(tar, member)
+        elif ext not in IMAGE_EXTS:
+            continue
+        elif len(parts) >= 4 and parts[-4] == "train" and parts[-2] == "images":
+            listing = by_top.setdefault(parts[:-4], TinyListing())
+            listing.train.setdefault(parts[-3], []).append((member.name, (tar, member)))
+        elif len(parts) >= 3 and parts[-3:-1] == ("val", "images"):
+            by_top.setdefault(parts[:-3], TinyListing()).val[parts[-1]] = (tar, member)
+    with_wnids = [listing for listing in by_top.values() if listing.wnids is not None]
+    return with_wnids[0] if with_wnids else TinyListing()
+
+
+def _member_text(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    return tar.extractfile(member).read().decode("utf-8", errors="replace")
+
+
 def read_tiny_imagenet(root: Path, image_size: int | None, train_size: int | None,
                        test_size: int | None, seed: int) -> Split:
-    """Tiny-ImageNet-200: train/<wnid>/images/*.JPEG and val/images with val_annotations.txt."""
-    wnids_file, ann = root / "wnids.txt", root / "val" / "val_annotations.txt"
-    if not wnids_file.is_file() or not ann.is_file():
-        raise UserError(f"[data].root: tiny-imagenet expects wnids.txt, train/<wnid>/images/ and "
-                        f"val/images/ with val/val_annotations.txt under {root}")
-    classes = sorted(w.strip() for w in wnids_file.read_text().split() if w.strip())
+    """Tiny-ImageNet-200 from its folder or its .tar/.tar.gz; subsets are chosen before anything is decoded."""
+    if not root.exists():
+        raise UserError(f"[data].root: {root} does not exist; tiny-imagenet expects the extracted "
+                        f"{TINY_WRAP}/ folder or its .tar/.tar.gz")
+    if root.is_dir():
+        return _decode_tiny(root, _tiny_folder(root), image_size, train_size, test_size, seed)
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            return _decode_tiny(root, _tiny_archive(tar), image_size, train_size, test_size, seed)
+    except ARCHIVE_ERRORS as e:  # truncated gzip, corrupt stream, not a tar at all, ...
+        raise UserError(_archive_problem(root, e)) from None
+
+
+def _decode_tiny(root: Path, found: TinyListing, image_size: int | None, train_size: int | None,
+                 test_size: int | None, seed: int) -> Split:
+    """Pick the balanced subsets from a listing, read their bytes in one pass and decode them."""
+    if found.wnids is None or found.annotations is None:
+        raise UserError(f"[data].root: tiny-imagenet expects wnids.txt, train/<wnid>/images/ and val/images/ "
+                        f"with val/val_annotations.txt in {root} (directly or under {TINY_WRAP}/)")
+    classes = sorted(w.strip() for w in found.wnids.split() if w.strip())
     index = {c: i for i, c in enumerate(classes)}
-    train = [(p, index[c]) for c in classes
-             for p in sorted((root / "train" / c / "images").glob("*")) if p.suffix.lower() in IMAGE_EXTS]
+    train = [(name, index[c], handle) for c in classes for name, handle in sorted(found.train.get(c, []),
+                                                                                  key=lambda e: e[0])]
     test = []
-    for line in ann.read_text().splitlines():
+    for line in found.annotations.splitlines():
         fields = line.split("\t")
         if len(fields) >= 2 and fields[1] in index:
-            test.append((root / "val" / "images" / fields[0], index[fields[1]]))
+            handle = found.val.get(fields[0])
+            if handle is None:
+                raise UserError(f"[data].root: val/val_annotations.txt in {root} names val/images/{fields[0]}, "
+                                "which is missing; download or extract the data set again")
+            test.append((f"val/images/{fields[0]}", index[fields[1]], handle))
     out: Split = {"classes": classes}
     for split, entries, size in (("train", train, train_size), ("test", test, test_size)):
-        keep = balanced_subset([y for _, y in entries], size, seed)
-        items = list(zip([str(entries[i][0]) for i in keep], _read_many([entries[i][0] for i in keep]), strict=True))
+        keep = balanced_subset([y for _, y, _ in entries], size, seed)
+        blobs = _read_many([entries[i][2] for i in keep])
+        items = [(entries[i][0], blob) for i, blob in zip(keep, blobs, strict=True)]
         out[f"{split}_x"] = decode_all(items, image_size, f"{root} ({split})")
         out[f"{split}_y"] = torch.tensor([entries[i][1] for i in keep], dtype=torch.int64)
+    return out
+
+
+def resize_uint8(x: torch.Tensor, side: int, chunk: int = 1024) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> uint8 [N, C, side, side] by antialiased bilinear interpolation, rounded.
+
+    ``x`` itself when it already has that side; ``chunk`` images at a time bound the float32 working memory.
+    """
+    if tuple(x.shape[-2:]) == (side, side):
+        return x
+    out = torch.empty(*x.shape[:-2], side, side, dtype=torch.uint8)
+    for i in range(0, x.shape[0], chunk):
+        y = F.interpolate(x[i:i + chunk].float(), size=(side, side), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out[i:i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
     return out

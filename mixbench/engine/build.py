@@ -103,10 +103,11 @@ def build_run(recipe: Recipe, device: torch.device, dist: DistInfo) -> Run:
 
     method_cls = METHODS.get(recipe.method["name"])
     batch_size = tcfg["batch_size"]
+    params = {k: v for k, v in recipe.method.items() if k != "name"}
     check_batch_layout(recipe, dist.world_size)
     train_loader, test_loader, info = build_loaders(
         DataConfig(**recipe.data), device=device, batch_size=batch_size, eval_batch_size=recipe.eval["batch_size"],
-        generator=loader_gen, channels_last=tcfg["channels_last"], batch=method_cls.batch,
+        generator=loader_gen, channels_last=tcfg["channels_last"], batch=method_cls.batch_spec(params),
         rank=dist.rank, world_size=dist.world_size)
     if len(train_loader) == 0:
         raise UserError(f"[train].batch_size = {batch_size} is larger than the {info.train_len} training images; "
@@ -115,7 +116,7 @@ def build_run(recipe: Recipe, device: torch.device, dist: DistInfo) -> Run:
     mcfg = recipe.model
     model = build_model(mcfg["name"], info.num_classes, width=mcfg["width"], image_size=info.image_size[0],
                         weights=mcfg["weights"], zero_init_residual=mcfg["zero_init_residual"],
-                        drop_rate=mcfg["drop_rate"])
+                        drop_rate=mcfg["drop_rate"], patch_size=mcfg.get("patch_size"))
     model = model.to(device, memory_format=torch.channels_last if tcfg["channels_last"] else torch.preserve_format)
     if tcfg["compile"]:
         model.compile()  # in place: the state dict keeps its keys
@@ -125,9 +126,10 @@ def build_run(recipe: Recipe, device: torch.device, dist: DistInfo) -> Run:
                   "num_classes": info.num_classes, "zero_init_residual": mcfg["zero_init_residual"],
                   "drop_rate": mcfg["drop_rate"], "dataset": recipe.data["source"],
                   "mean": list(info.mean), "std": list(info.std)}
+    if mcfg.get("patch_size") is not None:  # a timm ViT's patch side (absent otherwise: older specs stay as they were)
+        model_spec["patch_size"] = mcfg["patch_size"]
     ctx = MethodContext(model=model, loss=loss_fn, num_classes=info.num_classes, device=device, rng=mix_rng,
                         epochs=tcfg["epochs"], steps_per_epoch=len(train_loader), model_spec=model_spec)
-    params = {k: v for k, v in recipe.method.items() if k != "name"}
     method = method_cls(ctx, **params)
     step_module: nn.Module = method
     if dist.enabled:

@@ -3,6 +3,12 @@
 The schedule is a pure function of the global step, so its only state is the step count:
 linear warm-up from ``warmup_start·lr`` to ``lr``, then cosine to ``min_lr``
 (lr_t = min_lr + (lr − min_lr)·(1 + cos(π t/T))/2), step decay by ``gamma`` at milestones, or constant.
+
+LARS (``[train].optimizer = "lars"``) is ``timm.optim.Lars`` as solo-learn configures it for CIFAR: the
+update of an adapted tensor w is SGD with momentum on g' = r·(g + λw), trust ratio
+r = η‖w‖ / (‖g‖ + λ‖w‖ + ε), clipped to min(r/lr, 1) with ``lars_clip`` (LARC). Biases and norm weights
+(1-D tensors, the ``no_decay_norm_bias`` group, weight decay 0) and fixed-lr groups (the online classifier)
+are neither adapted nor decayed: plain SGD with momentum (solo-learn's ``exclude_bias_n_norm``).
 """
 
 from __future__ import annotations
@@ -32,12 +38,37 @@ def torch_param_groups(groups: list[ParamGroup], weight_decay: float, no_decay_n
     return [g for g in out if g["params"]]
 
 
+def lars_adapts(group: dict[str, Any]) -> bool:
+    """Whether ``timm.optim.Lars`` scales this torch group by its trust ratio (timm's rule: weight decay ≠ 0
+    or ``always_adapt``)."""
+    return group.get("weight_decay", 0.0) != 0 or bool(group.get("always_adapt", False))
+
+
+def lars_groups(torch_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark which groups LARS adapts: every scheduled group of matrices and kernels (``always_adapt``, so a
+    weight decay of 0 still adapts them, as solo-learn does); 1-D groups and fixed-lr groups are left to timm's
+    rule, which with their weight decay of 0 leaves them unadapted."""
+    out = []
+    for g in torch_groups:
+        matrices = all(p.ndim > 1 for p in g["params"])
+        out.append({**g, "always_adapt": matrices and g.get("fixed_lr") is None})
+    return out
+
+
 def build_optimizer(groups: list[ParamGroup], cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW from the ``[train]`` table over a method's groups."""
-    torch_groups = torch_param_groups(groups, cfg["weight_decay"], cfg["no_decay_norm_bias"])
+    """SGD (momentum, optional Nesterov), AdamW or LARS (see the module docstring) from the ``[train]`` table
+    over a method's groups."""
+    lars = cfg["optimizer"] == "lars"
+    torch_groups = torch_param_groups(groups, cfg["weight_decay"], cfg["no_decay_norm_bias"] or lars)
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(torch_groups, lr=cfg["lr"], momentum=cfg["momentum"],
                                nesterov=cfg["nesterov"] and cfg["momentum"] > 0)
+    if lars:
+        from timm.optim import Lars
+
+        return Lars(lars_groups(torch_groups), lr=cfg["lr"], momentum=cfg["momentum"],
+                    nesterov=cfg["nesterov"] and cfg["momentum"] > 0, trust_coeff=cfg.get("lars_eta", 0.02),
+                    trust_clip=cfg.get("lars_clip", True))
     return torch.optim.AdamW(torch_groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
 
 

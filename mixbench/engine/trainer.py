@@ -22,7 +22,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class TrainResult:
     status: str  # completed | interrupted (stop_after)
     summary: dict[str, Any]
     run_dir: Path
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # [eval].after: name -> stored result (rank 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,8 +220,9 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self) -> dict[str, float]:
-        """Top-1/top-5 of every classifier the method reports (and of the weight EMA)."""
+    def evaluate(self, last: bool = False) -> dict[str, float]:
+        """Top-1/top-5 of every classifier the method reports (and of the weight EMA), and the method's
+        monitors (``last``: the run's final evaluation)."""
         run = self.run
         if run.dist.enabled:
             _sync_buffers(run.method)  # every rank evaluates rank 0's BatchNorm statistics
@@ -228,7 +230,24 @@ class Trainer:
         out = TopKAccuracy()(run.method, run.test_loader, self.eval_ctx)
         if run.ema is not None and run.recipe.eval["ema"]:
             out["ema_top1"], out["ema_top5"] = topk_accuracy(run.ema.module, run.test_loader, self.eval_ctx)
+        out.update(self._monitor(last))
         out["eval_seconds"] = time.perf_counter() - t
+        return out
+
+    def _monitor(self, last: bool) -> dict[str, float]:
+        """The method's monitors on this process's unaugmented images; under torchrun each rank scores its
+        slice of the test set and the means are weighted by slice size (one all-reduce)."""
+        from mixbench.evaluate.features import EvalData
+
+        run = self.run
+        tl, ev = run.train_loader, run.test_loader
+        data = EvalData(tl.images, tl.labels, ev.images, ev.labels, tuple(run.info.mean), tuple(run.info.std),
+                        list(run.info.classes))
+        out = run.method.monitor(self.epoch, last, data)
+        if out and run.dist.enabled:
+            n = float(ev.images.shape[0])
+            packed = all_reduce_sum(torch.tensor([n, *(v * n for v in out.values())], device=run.device), run.dist)
+            out = dict(zip(out, (packed[1:] / packed[0].clamp_min(1)).tolist(), strict=True))
         return out
 
     # ------------------------------------------------------------ the loop
@@ -307,7 +326,7 @@ class Trainer:
             record = self.train_epoch(stop)
             self.epoch += 1
             if self.epoch % ecfg["every"] == 0 or self.epoch in (epochs, stop_after):
-                record.update(self.evaluate())
+                record.update(self.evaluate(last=self.epoch in (epochs, stop_after)))
             self.wall = prior_wall + time.perf_counter() - t_run
             record["wall_time_s"] = self.wall
             if self.run_dir is not None:
@@ -399,17 +418,49 @@ def fit(recipe: Recipe, *, out_root: Path, device: torch.device, resume: bool = 
 
     SIGINT/SIGTERM are handled from the first line on: during setup they stop the run at once, during training
     at the next step; either way its status becomes ``interrupted`` and :class:`Interrupted` is raised.
+
+    A completed run then runs the evaluators of ``[eval].after`` (:mod:`mixbench.evaluate.after`) on rank 0 alone,
+    after the run is recorded, its lock released and the process group gone: they only add ``RUN/evals/``, and a
+    failure or Ctrl-C there leaves the run record whole (the error says so).
     """
     with StopFlag(immediate=True) as stop:
         dist = setup(device.type)
+        dev, reporter = device_for(dist, device), reporter or make_reporter(dist.is_main)
         clean = False
         try:
-            result = _fit(recipe, dist, stop, out_root=Path(out_root), device=device_for(dist, device),
-                          resume=resume, overwrite=overwrite, command_line=command_line, reporter=reporter)
+            result = _fit(recipe, dist, stop, out_root=Path(out_root), device=dev, resume=resume,
+                          overwrite=overwrite, command_line=command_line, reporter=reporter)
             clean = True
-            return result
         finally:
             teardown(dist, barrier=clean)
+        stopped = stop.requested  # a signal after the last step's check: the run is complete, skip the rest
+    if result.status == "completed" and dist.is_main and recipe.eval["after"]:
+        result.evals = _evaluate_after(result.run_dir, recipe.eval["after"], dev, reporter, stopped=stopped)
+    return result
+
+
+def _evaluate_after(run_dir: Path, names: list[str], device: torch.device, reporter: Reporter, *,
+                    stopped: bool = False) -> dict[str, Any]:
+    """``[eval].after`` on the completed run; an error, Ctrl-C or SIGTERM is raised again saying the run is whole."""
+    from mixbench.evaluate.after import evaluate_after
+
+    whole = f"the run completed and is recorded in {run_dir}"
+    finish = (f"finish with `mixbench run ... --resume` (stored results are reused) or the commands "
+              f"linear-eval, knn, evaluate on {run_dir}")
+    if stopped:
+        raise Interrupted(f"{whole}; a stop was asked for, so its [eval].after evaluations did not run; {finish}")
+    reporter.message(f"training done; [eval].after: {', '.join(dict.fromkeys(names))}")
+    try:
+        with StopFlag(immediate=True):  # SIGTERM too stops here with exit 130, like Ctrl-C
+            return evaluate_after(run_dir, names, device=device, say=reporter.message)
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(f"{whole}; its [eval].after evaluations were stopped (finished ones are stored); "
+                          f"{finish}") from None
+    except UserError as e:
+        raise UserError(f"{whole}, but an [eval].after evaluation failed: {e}") from None
+    except BaseException:
+        reporter.message(f"error: {whole}, but an [eval].after evaluation failed; {finish}")
+        raise
 
 
 def _fit(recipe: Recipe, dist: DistInfo, stop: StopFlag, *, out_root: Path, device: torch.device, resume: bool,

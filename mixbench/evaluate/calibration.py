@@ -3,11 +3,16 @@
 With confidence c_i = max_k softmax(z_i)_k (float32), bins B_b = (b/15, (b+1)/15] for b = 0..14, acc_b / conf_b
 the mean correctness / confidence of the n_b images in B_b and N = Σ_b n_b:
 ECE = 100·Σ_b (n_b/N)·|acc_b − conf_b|,  MCE = 100·max_{b: n_b>0} |acc_b − conf_b|,  NLL = −(1/N)·Σ_i log p_i(y_i).
+
+``reliability.png`` also carries the per-bin sums it was drawn from, as JSON in a PNG text chunk named
+:data:`RELIABILITY_KEY` (:func:`reliability_record`), so ``mixbench plot --kind reliability`` redraws it
+from the numbers; a PNG text chunk keeps the run folder's file list as it was.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
 from mixbench.engine.distributed import all_reduce_sum
@@ -24,6 +30,8 @@ from mixbench.mixing.features import eval_mode
 from mixbench.results.atomic import atomic_write_bytes
 
 N_BINS = 15
+RELIABILITY_KEY = "mixbench-reliability"  # PNG text chunk of reliability.png with the per-bin sums (JSON)
+RELIABILITY_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -158,10 +166,21 @@ def reliability_diagram(stats: CalibrationStats, path: Path, title: str) -> Path
     Returns ``path``."""
     path = Path(path)
     buf = io.BytesIO()
-    render_reliability(stats, title).save(buf, format="PNG")
+    info = PngInfo()
+    info.add_text(RELIABILITY_KEY, json.dumps(reliability_record(stats, title)))
+    render_reliability(stats, title).save(buf, format="PNG", pnginfo=info)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-__all__ = ["N_BINS", "CalibrationStats", "calibration_counts", "Calibration", "render_reliability",
-           "reliability_diagram"]
+def reliability_record(stats: CalibrationStats, title: str) -> dict[str, Any]:
+    """What ``reliability.png`` stores in its :data:`RELIABILITY_KEY` text chunk: per-bin image counts, summed
+    confidences and correct predictions (bin b = (b/n_bins, (b+1)/n_bins]), the NLL sum, the images, ECE / MCE (%)
+    and the title; floats as JSON writes them (exact round trip)."""
+    return {"schema": RELIABILITY_SCHEMA, "n_bins": stats.n_bins, "count": list(stats.count),
+            "confidence_sum": list(stats.confidence), "correct_sum": list(stats.correct), "nll_sum": stats.nll_sum,
+            "n": stats.n, "ece": stats.ece, "mce": stats.mce, "title": title}
+
+
+__all__ = ["N_BINS", "RELIABILITY_KEY", "CalibrationStats", "reliability_record", "calibration_counts", "Calibration",
+           "render_reliability", "reliability_diagram"]

@@ -7,7 +7,7 @@ supervised method of the same name (``supervised.py``).
 
 from typing import Any
 
-from mixbench.methods import automix, fixmatch, patchmix, samix, supervised  # noqa: F401  (they register)
+from mixbench.methods import automix, fixmatch, patchmix, samix, ssl, supervised  # noqa: F401  (they register)
 from mixbench.methods.base import METHODS, Method, MethodContext, ParamGroup
 from mixbench.methods.supervised import Supervised
 

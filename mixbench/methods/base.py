@@ -86,6 +86,11 @@ class Method(nn.Module):
         when known): each a sentence naming the file, the key and what is valid."""
         return []
 
+    @classmethod
+    def batch_spec(cls, values: dict[str, Any]) -> BatchSpec:
+        """The batch this method's ``forward`` consumes, given its ``[method]`` values (by default ``batch``)."""
+        return cls.batch
+
     def param_groups(self) -> list[ParamGroup]:
         """What the optimiser trains, one named group per module (by default the classifier)."""
         return [ParamGroup("model", self.model)]
@@ -105,6 +110,11 @@ class Method(nn.Module):
     def reported_classifier(self) -> nn.Module:
         """The classifier whose accuracy is the run's ``top1``: the first of :meth:`classifiers`."""
         return next(iter(self.classifiers().values()))
+
+    def monitor(self, epoch: int, last: bool, data: Any) -> dict[str, float]:
+        """Extra metrics at an evaluation after ``epoch`` (``last``: the run's final one), e.g. a kNN monitor;
+        ``data``: :class:`~mixbench.evaluate.features.EvalData` of this process's unaugmented images."""
+        return {}
 
     def mix_preview(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput | None:
         """The mixed batch this method trains on, without gradients (cost probe, saved grids);

@@ -42,7 +42,8 @@ def load_mixer_file(path: str | Path) -> tuple[torch.nn.Module, MixBlock, int, d
         raise UserError(f"{where}: {file} is not a mixbench mixer.pt (written by automix or samix runs)")
     spec = obj["encoder_spec"]
     try:
-        encoder = build_backbone(spec["name"], width=spec["width"], image_size=spec["image_size"])
+        encoder = build_backbone(spec["name"], width=spec["width"], image_size=spec["image_size"],
+                                 patch_size=spec.get("patch_size"))
         encoder = truncate_backbone(encoder, int(obj["feature_stage"]))
         encoder.load_state_dict(obj["encoder"])
         block = MixBlock(**obj["mixer_config"])

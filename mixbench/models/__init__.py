@@ -98,21 +98,28 @@ def model_problem(name: str) -> str | None:
 
 
 def build_backbone(name: str, *, width: float = 1.0, in_chans: int = 3, image_size: int = 32,
-                   zero_init_residual: bool = True, drop_rate: float = 0.0) -> Backbone:
+                   zero_init_residual: bool = True, drop_rate: float = 0.0, patch_size: int | None = None) -> Backbone:
+    """The backbone ``name``; ``patch_size`` (``[model].patch_size``) only for ``timm:`` vision transformers."""
     if name.startswith("timm:"):
         from mixbench.models.timm_bridge import timm_backbone
 
-        return timm_backbone(name[5:], in_chans=in_chans, image_size=image_size, drop_rate=drop_rate)
+        return timm_backbone(name[5:], in_chans=in_chans, image_size=image_size, drop_rate=drop_rate,
+                             patch_size=patch_size)
+    if patch_size is not None:
+        from mixbench.models.timm_bridge import patch_size_problem
+
+        raise UserError(patch_size_problem(patch_size, image_size, name))
     return MODELS.get(name)(width=width, in_chans=in_chans, zero_init_residual=zero_init_residual,
                             drop_rate=drop_rate)
 
 
 def build_model(name: str, num_classes: int, *, width: float = 1.0, in_chans: int = 3,
                 image_size: int = 32, weights: str | None = None, zero_init_residual: bool = True,
-                drop_rate: float = 0.0) -> Classifier:
+                drop_rate: float = 0.0, patch_size: int | None = None) -> Classifier:
     """A :class:`Classifier` for ``name`` (a registered backbone or ``timm:<name>``)."""
     model = Classifier(build_backbone(name, width=width, in_chans=in_chans, image_size=image_size,
-                                      zero_init_residual=zero_init_residual, drop_rate=drop_rate),
+                                      zero_init_residual=zero_init_residual, drop_rate=drop_rate,
+                                      patch_size=patch_size),
                        num_classes)
     if weights is not None:
         load_weights(model, weights)
@@ -122,14 +129,21 @@ def build_model(name: str, num_classes: int, *, width: float = 1.0, in_chans: in
 def load_weights(model: Classifier, path: str | Path) -> None:
     """Load a backbone state_dict, a Classifier state_dict, or a mixbench checkpoint (its encoder and head).
 
-    The backbone must match exactly; the head is loaded only when its shape matches (a new
-    number of classes keeps the fresh head).
+    A ``.safetensors`` file is read as a state_dict; a ``mixbench export`` (either format) gives its backbone
+    with mixbench's key names. The backbone must match exactly; the head is loaded only when its shape matches
+    (a new number of classes keeps the fresh head).
     """
     from mixbench.checkpoint import CHECKPOINT_KIND, load_file, read_checkpoint
+    from mixbench.export import EXPORT_KIND, read_export
 
     path = Path(path)
-    state = load_file(path, "[model].weights")
-    if isinstance(state, dict) and (state.get("kind") == CHECKPOINT_KIND or state.get("version") == 1):
+    if path.suffix == ".safetensors":
+        state = read_export(path, "[model].weights").backbone_state()
+    else:
+        state = load_file(path, "[model].weights")
+    if isinstance(state, dict) and state.get("kind") == EXPORT_KIND:  # mixbench export --format pt
+        state = read_export(path, "[model].weights").backbone_state()
+    elif isinstance(state, dict) and (state.get("kind") == CHECKPOINT_KIND or state.get("version") == 1):
         ckpt = read_checkpoint(path, "[model].weights")  # a mixbench run's checkpoint: its encoder and head
         head = {k: v for k, v in ckpt.classifier_state().items() if k.startswith("head.")}
         state = {**{f"backbone.{k}": v for k, v in ckpt.backbone_state().items()}, **head}

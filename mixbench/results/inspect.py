@@ -13,9 +13,14 @@ says what is wrong and what compare does about it. Bad values (NaN, inf, negativ
 wrong type) are dropped, never averaged. No torch import here (``compare`` must stay light).
 
 A completed run's stored evaluations (``evals/<evaluator>-<protocol hash>/result.json``, see
-``mixbench.evaluate.store``) give ``linear_top1`` (``linear``), ``knn_top1`` (``knn``) and ``ece``
-(summary.json's ``ece``, else the ``calibration`` result's), each with its protocol hash in
-``<column>_protocol``. Of several results of one evaluator the most recent (``created``) counts.
+``mixbench.evaluate.store``) give ``linear_top1`` (``linear``), ``knn_top1`` (``knn``), ``ece``
+(summary.json's ``ece``, else the ``calibration`` result's), ``mca`` (``corruptions``: mean corruption
+accuracy), ``occlusion_auc`` (``occlusion``: area under the occlusion curve) and ``fgsm_top1`` (``fgsm``),
+each with its protocol hash in ``<key>_protocol``. A ``transfer`` result gives one value per target data
+set (its ``protocol["data"]``): ``transfer:<data>`` holds its ``transfer_top1``, ``transfer_protocol:<data>``
+the hash and ``transfer_mode:<data>`` its ``protocol["mode"]`` (``linear`` or ``finetune``; ``?`` when
+missing). Of several results of one evaluator (per target data set for transfer) the most recent
+(``created``) counts.
 """
 
 from __future__ import annotations
@@ -46,7 +51,12 @@ ACCURACIES = ("top1_best", "top1_last", "top1_median", "momentum_top1_median", *
 POSITIVE = ("wall_time_s", "images_per_s")  # must be > 0 in a completed run
 NON_NEGATIVE = ("mixer_ms_per_step",)
 # leaderboard column -> (evaluator, its metric); the row holds the value under the metric's name
-EVAL_COLUMNS = {"linear": ("linear", "linear_top1"), "knn": ("knn", "knn_top1"), "ece": ("calibration", "ece")}
+EVAL_COLUMNS = {"linear": ("linear", "linear_top1"), "knn": ("knn", "knn_top1"), "ece": ("calibration", "ece"),
+                "mca": ("corruptions", "mca"), "occlusion": ("occlusion", "occlusion_auc"),
+                "fgsm": ("fgsm", "fgsm_top1")}
+TRANSFER = "transfer"  # evaluator whose results become one column per target data set
+TRANSFER_METRIC = "transfer_top1"
+TRANSFER_PREFIX = "transfer:"  # column (and row key) ``transfer:<data>``
 EVALS = "evals"  # mixbench.evaluate.store.EVALS (not imported: that module imports torch helpers)
 SUMMARY_PROTOCOL = "summary.json"  # the protocol of an ece taken from summary.json
 
@@ -298,6 +308,19 @@ def _check_completed(rec: RunRecord, info: dict[str, Any], recipe: dict[str, Any
     _check_evals(rec, info)
 
 
+def protocol_key(key: str) -> str:
+    """The row key of the protocol hash behind the value under ``key`` (``linear_top1_protocol``,
+    ``transfer_protocol:<data>`` for ``transfer:<data>``, so that no data set name can collide)."""
+    if key.startswith(TRANSFER_PREFIX):
+        return f"transfer_protocol:{key[len(TRANSFER_PREFIX):]}"
+    return f"{key}_protocol"
+
+
+def mode_key(key: str) -> str:
+    """The row key of a ``transfer:<data>`` value's transfer mode: ``transfer_mode:<data>``."""
+    return f"transfer_mode:{key[len(TRANSFER_PREFIX):]}"
+
+
 def _created(v: Any) -> datetime.datetime | None:
     """``created`` of a result.json as an aware time (naive = UTC), or None when it is not an ISO time."""
     if not isinstance(v, str):
@@ -312,14 +335,16 @@ def _created(v: Any) -> datetime.datetime | None:
 def read_evals(folder: Path, problems: list[str]) -> dict[str, list[tuple[datetime.datetime | None, str, dict]]]:
     """The readable ``evals/*/result.json`` of a run by evaluator: [(created, protocol hash, metrics)].
 
-    A result.json that is unreadable or wrong-typed (not a JSON object, metrics not an object, evaluator not a
-    string) adds one phrase to ``problems`` and is left out; evaluators compare does not show are ignored.
+    ``metrics`` also holds ``_file`` (the result's path in the run folder) and ``_protocol`` (its protocol
+    object, or None). A result.json that is unreadable or wrong-typed (not a JSON object, metrics not an
+    object, evaluator not a string) adds one phrase to ``problems`` and is left out; evaluators compare does
+    not show are ignored.
     """
     found: dict[str, list[tuple[datetime.datetime | None, str, dict]]] = {}
     root = Path(folder) / EVALS
     if not root.is_dir():
         return found
-    wanted = {ev for ev, _ in EVAL_COLUMNS.values()}
+    wanted = {ev for ev, _ in EVAL_COLUMNS.values()} | {TRANSFER}
     for path in sorted(root.glob("*/result.json")):
         name = f"{EVALS}/{path.parent.name}/result.json"
         prefix, _, digest = path.parent.name.rpartition("-")
@@ -342,21 +367,21 @@ def read_evals(folder: Path, problems: list[str]) -> dict[str, list[tuple[dateti
             problems.append(f"{name}'s metrics is {_show(metrics)}, not an object, not averaged")
             continue
         found.setdefault(evaluator, []).append((_created(data.get("created")), digest or path.parent.name,
-                                                metrics | {"_file": name}))
+                                                metrics | {"_file": name, "_protocol": data.get("protocol")}))
     return found
 
 
 def _check_evals(rec: RunRecord, info: dict[str, Any]) -> None:
-    """Set the row's evaluator values (``linear_top1``, ``knn_top1``, ``ece``) and their protocol hashes."""
+    """Set the row's evaluator values (``linear_top1``, ``knn_top1``, ``ece``, ``mca``, ``occlusion_auc``,
+    ``fgsm_top1``, ``transfer:<data>``) and their protocol hashes; name every value left out."""
     row, problems = rec.row, rec.problems
     results = read_evals(rec.path, problems)
-    oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
     for column, (evaluator, key) in EVAL_COLUMNS.items():
-        row[key], row[f"{key}_protocol"] = None, None
+        row[key], row[protocol_key(key)] = None, None
         if column == "ece" and info.get("ece") is not None:
             value, protocol, where = info["ece"], SUMMARY_PROTOCOL, "summary.json's ece"
         elif results.get(evaluator):
-            created, protocol, metrics = max(results[evaluator], key=lambda r: (r[0] or oldest, r[1]))
+            created, protocol, metrics = _latest(results[evaluator])
             where = f"{metrics['_file']}'s {key}"
             value = metrics.get(key)
             if value is None:
@@ -368,7 +393,42 @@ def _check_evals(rec: RunRecord, info: dict[str, Any]) -> None:
         if bad:
             problems.append(f"{where} {bad}, not averaged")
             continue
-        row[key], row[f"{key}_protocol"] = float(value), protocol
+        row[key], row[protocol_key(key)] = float(value), protocol
+    _check_transfer(row, problems, results.get(TRANSFER, []))
+
+
+def _latest(results: list[tuple[datetime.datetime | None, str, dict]]) -> tuple[datetime.datetime | None, str, dict]:
+    """The most recent result (``created``; undated ones count as oldest, ties broken by protocol hash)."""
+    oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    return max(results, key=lambda r: (r[0] or oldest, r[1]))
+
+
+def _check_transfer(row: dict[str, Any], problems: list[str],
+                    results: list[tuple[datetime.datetime | None, str, dict]]) -> None:
+    """``transfer:<data>`` per target data set (the most recent result of each), its protocol hash and mode."""
+    by_data: dict[str, list[tuple[datetime.datetime | None, str, dict]]] = {}
+    for result in results:
+        metrics = result[2]
+        protocol = metrics["_protocol"]
+        data = protocol.get("data") if isinstance(protocol, dict) else None
+        if not isinstance(data, str) or not data.strip():
+            what = "no protocol object" if not isinstance(protocol, dict) else f"protocol data {_show(data)}"
+            problems.append(f"{metrics['_file']} has {what}, not a target data set name, not averaged")
+            continue
+        by_data.setdefault(data.strip(), []).append(result)
+    for data, found in sorted(by_data.items()):
+        _, protocol, metrics = _latest(found)
+        key, value = f"{TRANSFER_PREFIX}{data}", metrics.get(TRANSFER_METRIC)
+        if value is None:
+            problems.append(f"{metrics['_file']} has no {TRANSFER_METRIC}, {key} not averaged")
+            continue
+        bad = _bad_accuracy(value)
+        if bad:
+            problems.append(f"{metrics['_file']}'s {TRANSFER_METRIC} {bad}, not averaged")
+            continue
+        mode = metrics["_protocol"].get("mode")
+        row[key], row[protocol_key(key)] = float(value), protocol
+        row[mode_key(key)] = mode if isinstance(mode, str) and mode else "?"
 
 
 def _headline_value(summary: dict[str, Any], row: dict[str, Any], metrics: list[dict[str, Any]] | None, key: str,
