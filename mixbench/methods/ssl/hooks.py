@@ -68,27 +68,41 @@ def in_batch_cross_view_logits(m: torch.Tensor, keys_a: torch.Tensor, keys_b: to
     return logits.scatter(1, col_b.view(-1, 1), s_b.view(-1, 1)), col_a, col_b
 
 
-class MoCoV3Hooks(MoCoV3):
-    """MoCo v3 with the mixing hooks (see the module docstring): in-batch negatives, 2T·InfoNCE."""
+class _TargetHooks:
+    """The hooks shared by frameworks with an online projector (and optional predictor) and an EMA target network
+    named ``teacher_name``: queries q = g(h(f(x))) (h alone without a predictor), targets from the EMA copy."""
 
-    has_negatives: ClassVar[bool] = True
+    teacher_name: ClassVar[str] = "momentum_encoder"
+
+    def _teacher(self) -> nn.Module:
+        return getattr(self, self.teacher_name)
+
+    def _predict(self, z: torch.Tensor) -> torch.Tensor:
+        predictor = getattr(self, "predictor", None)
+        return z if predictor is None else predictor(z)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor(self.online(x))
+        return self._predict(self.online(x))
 
     def query_features(self, feats0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.online.projector(feats0)
-        return self.predictor(z), z
+        return self._predict(z), z
 
     def targets(self, x: torch.Tensor, stage: int = 0) -> Targets:
-        return projected_targets(self.momentum_encoder.module, x, stage)
+        return projected_targets(self._teacher().module, x, stage)
 
     def target_embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.momentum_encoder(x)
+        return self._teacher()(x)
 
     @property
     def target_backbone(self) -> nn.Module:
-        return self.momentum_encoder.module.backbone
+        return self._teacher().module.backbone
+
+
+class MoCoV3Hooks(_TargetHooks, MoCoV3):
+    """MoCo v3 with the mixing hooks (see the module docstring): in-batch negatives, 2T·InfoNCE."""
+
+    has_negatives: ClassVar[bool] = True
 
     def pair_layout(self, b: int) -> tuple[int, int]:
         return key_layout(b)
@@ -115,7 +129,7 @@ class MoCoV3Hooks(MoCoV3):
         return {"loss": self.nce(q1, k2) + self.nce(q2, k1), "embedding": z1}, (k1, k2), (f1, f2)
 
 
-class MoCoV2Hooks(MoCoV2):
+class MoCoV2Hooks(_TargetHooks, MoCoV2):
     """MoCo v2+ with the mixing hooks: positives among the batch's keys, negatives from view 2's queue.
 
     A mixing term's keys are always view 2's (``clean_pass``'s ``keys[1]``), so its negatives are ``queue[1]``
@@ -123,23 +137,6 @@ class MoCoV2Hooks(MoCoV2):
     """
 
     has_negatives: ClassVar[bool] = True
-
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        return self.online(x)
-
-    def query_features(self, feats0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.online.projector(feats0)
-        return z, z
-
-    def targets(self, x: torch.Tensor, stage: int = 0) -> Targets:
-        return projected_targets(self.momentum_encoder.module, x, stage)
-
-    def target_embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.momentum_encoder(x)
-
-    @property
-    def target_backbone(self) -> nn.Module:
-        return self.momentum_encoder.module.backbone
 
     def pair_layout(self, b: int) -> tuple[int, int]:
         return key_layout(b)
@@ -183,27 +180,11 @@ class MoCoV2Hooks(MoCoV2):
         return {"loss": loss, "embedding": z1}, (k1, k2), (f1, f2)
 
 
-class BYOLHooks(BYOL):
+class BYOLHooks(_TargetHooks, BYOL):
     """BYOL with the mixing hooks: no negatives; soft targets weight the regression Σ_j t_ij (2 − 2 cos(p_i, z_j))."""
 
     has_negatives: ClassVar[bool] = False
-
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor(self.online(x))
-
-    def query_features(self, feats0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.online.projector(feats0)
-        return self.predictor(z), z
-
-    def targets(self, x: torch.Tensor, stage: int = 0) -> Targets:
-        return projected_targets(self.target.module, x, stage)
-
-    def target_embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target(x)
-
-    @property
-    def target_backbone(self) -> nn.Module:
-        return self.target.module.backbone
+    teacher_name: ClassVar[str] = "target"
 
     def pair_layout(self, b: int) -> tuple[int, int]:
         return b, 0  # BYOL regresses to this process's targets only
