@@ -43,7 +43,7 @@ from typing import Any
 
 from mixbench.errors import UserError
 from mixbench.results.atomic import atomic_write_bytes
-from mixbench.results.inspect import inspect_run, read_metrics
+from mixbench.results.inspect import created_time, inspect_run, read_metrics
 
 KINDS = ("curves", "reliability", "occlusion", "corruptions")
 BANDS = ("minmax", "std")
@@ -259,16 +259,7 @@ def curve_data(groups: Sequence[Group], metric: str = "top1", band: str = "minma
     return CurveData(metric, accuracy, loss, _title([r for g in groups for r in g.runs]))
 
 
-def _created(v: Any) -> datetime.datetime:
-    """A result's ``created`` as an aware time (naive = UTC); unreadable = the oldest time."""
-    oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
-    if not isinstance(v, str):
-        return oldest
-    try:
-        t = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        return oldest
-    return t if t.tzinfo is not None else t.replace(tzinfo=datetime.timezone.utc)
+_OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
 
 def latest_result(folder: Path, evaluator: str) -> dict[str, Any] | None:
@@ -281,7 +272,7 @@ def latest_result(folder: Path, evaluator: str) -> dict[str, Any] | None:
             continue
         if (isinstance(data, dict) and data.get("evaluator", evaluator) == evaluator
                 and isinstance(data.get("metrics"), dict)):
-            found.append((_created(data.get("created")), str(path), data["metrics"]))
+            found.append((created_time(data.get("created")) or _OLDEST, str(path), data["metrics"]))
     return max(found, key=lambda r: (r[0], r[1]))[2] if found else None
 
 

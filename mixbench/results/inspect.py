@@ -321,7 +321,7 @@ def mode_key(key: str) -> str:
     return f"transfer_mode:{key[len(TRANSFER_PREFIX):]}"
 
 
-def _created(v: Any) -> datetime.datetime | None:
+def created_time(v: Any) -> datetime.datetime | None:
     """``created`` of a result.json as an aware time (naive = UTC), or None when it is not an ISO time."""
     if not isinstance(v, str):
         return None
@@ -366,7 +366,7 @@ def read_evals(folder: Path, problems: list[str]) -> dict[str, list[tuple[dateti
         if not isinstance(metrics, dict):
             problems.append(f"{name}'s metrics is {_show(metrics)}, not an object, not averaged")
             continue
-        found.setdefault(evaluator, []).append((_created(data.get("created")), digest or path.parent.name,
+        found.setdefault(evaluator, []).append((created_time(data.get("created")), digest or path.parent.name,
                                                 metrics | {"_file": name, "_protocol": data.get("protocol")}))
     return found
 

@@ -36,6 +36,19 @@ SSL_PARAMS: dict[str, Param] = {
 }
 
 
+def momentum_problems(cls: type[Method], values: dict[str, Any], where: str, origin: dict[str, str]) -> list[str]:
+    """τ grows from ``momentum`` to ``momentum_end``: a smaller end is a recipe error (methods that declare both)."""
+    if "momentum" not in cls.params or "momentum_end" not in cls.params:
+        return []
+    start = values.get("momentum", cls.params["momentum"].default)
+    end = values.get("momentum_end", cls.params["momentum_end"].default)
+    if isinstance(start, float) and isinstance(end, float) and end < start:
+        src = origin.get("momentum_end", origin.get("momentum", "recipe"))
+        return [f"{src}: {where}.momentum_end = {end:g} is below momentum = {start:g}; τ grows from momentum "
+                "to momentum_end (use momentum_end >= momentum)"]
+    return []
+
+
 def embedding_std(z: torch.Tensor) -> torch.Tensor:
     """Mean over dimensions of std_i(ẑ_i), ẑ = z/‖z‖ (SimSiam's collapse signal; ≈ 1/√d healthy, 0 collapsed)."""
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
@@ -81,7 +94,8 @@ class SelfSupervised(Method):
         preset = values.get("views", cls.params["views"].default)
         overrides = values.get("view_overrides", cls.params["view_overrides"].default)
         src = origin.get("view_overrides", origin.get("views", "recipe"))
-        return [f"{src}: {where}.view_overrides: {p}" for p in view_problems(preset, overrides, n_views=cls.n_views)]
+        out = [f"{src}: {where}.view_overrides: {p}" for p in view_problems(preset, overrides, n_views=cls.n_views)]
+        return out + momentum_problems(cls, values, where, origin)
 
     # ----------------------------------------------------------------- the step
 
@@ -139,4 +153,4 @@ class SelfSupervised(Method):
         return out
 
 
-__all__ = ["SSL_PARAMS", "SelfSupervised", "embedding_std"]
+__all__ = ["SSL_PARAMS", "SelfSupervised", "embedding_std", "momentum_problems"]

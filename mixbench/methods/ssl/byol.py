@@ -23,7 +23,7 @@ from mixbench.methods.base import METHODS, MethodContext
 from mixbench.methods.ssl.base import SSL_PARAMS, SelfSupervised
 from mixbench.methods.ssl.mocov3 import Projected
 from mixbench.models.heads import MLPHead
-from mixbench.params import Param, RunFacts
+from mixbench.params import Param
 
 BYOL_PARAMS: dict[str, Param] = {
     **SSL_PARAMS,
@@ -33,18 +33,6 @@ BYOL_PARAMS: dict[str, Param] = {
     "momentum": Param("float", 0.99, "target-network τ at the start", low=0, high=1),
     "momentum_end": Param("float", 1.0, "τ at the end (cosine schedule)", low=0, high=1),
 }
-
-
-def check_momentum(cls: type[SelfSupervised], values: dict[str, Any], where: str,
-                   origin: dict[str, str]) -> list[str]:
-    """τ grows from ``momentum`` to ``momentum_end``: a smaller end is a recipe error."""
-    start = values.get("momentum", cls.params["momentum"].default)
-    end = values.get("momentum_end", cls.params["momentum_end"].default)
-    if isinstance(start, float) and isinstance(end, float) and end < start:
-        src = origin.get("momentum_end", origin.get("momentum", "recipe"))
-        return [f"{src}: {where}.momentum_end = {end:g} is below momentum = {start:g}; τ grows from momentum "
-                "to momentum_end (use momentum_end >= momentum)"]
-    return []
 
 
 @METHODS.register("byol", doc="BYOL: predictor regresses a momentum target network, no negatives (self-supervised)")
@@ -62,10 +50,6 @@ class BYOL(SelfSupervised):
                                       copy_buffers=False, train_mode=True)
         self.to(ctx.device)
 
-    @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
-              facts: RunFacts | None = None) -> list[str]:
-        return super().check(values, where, origin, facts) + check_momentum(cls, values, where, origin)
 
     def ssl_modules(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "projector": self.online.projector, "predictor": self.predictor}
@@ -83,4 +67,4 @@ class BYOL(SelfSupervised):
         self.target.update(self.online, step)
 
 
-__all__ = ["BYOL", "BYOL_PARAMS", "check_momentum"]
+__all__ = ["BYOL", "BYOL_PARAMS"]

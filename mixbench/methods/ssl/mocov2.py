@@ -27,10 +27,9 @@ from mixbench.engine.momentum import MomentumTeacher
 from mixbench.losses.ssl import gather_rows, similarity_logits
 from mixbench.methods.base import METHODS, MethodContext
 from mixbench.methods.ssl.base import SSL_PARAMS, SelfSupervised
-from mixbench.methods.ssl.byol import check_momentum
 from mixbench.methods.ssl.mocov3 import Projected
 from mixbench.models.heads import MLPHead
-from mixbench.params import Param, RunFacts
+from mixbench.params import Param
 
 # solo-learn's symmetric_weak.yaml: the symmetric views with weaker colour jitter
 WEAK_JITTER = {"all": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}}
@@ -99,10 +98,6 @@ class MoCoV2(SelfSupervised):
         self._ddp_params_and_buffers_to_ignore = ["queue", "queue_ptr"]
         self.to(ctx.device)
 
-    @classmethod
-    def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
-              facts: RunFacts | None = None) -> list[str]:
-        return super().check(values, where, origin, facts) + check_momentum(cls, values, where, origin)
 
     def ssl_modules(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "projector": self.online.projector}
