@@ -20,7 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CATALOG_FILE = Path(__file__).with_name("catalog.json")
-REGISTRIES = ("methods", "models", "datasets", "losses", "evaluators")
+REGISTRIES = ("methods", "models", "datasets", "losses", "evaluators", "views")
 
 
 def recipes_dir() -> Path | None:
@@ -45,8 +45,24 @@ def _recipe_doc(path: Path) -> str:
         return "(invalid TOML)"
 
 
+def view_listing() -> list[tuple[str, str]]:
+    """The self-supervised view presets (each view's settings) and every ``[method].view_overrides`` key."""
+    from mixbench.data.views import PRESETS, VIEW_FIELDS, ViewSpec, spec_dict
+
+    rows = [(f"preset {name}", "; ".join(f"view {i}: {spec.describe()}" for i, spec in enumerate(specs)))
+            for name, specs in PRESETS.items()]
+    default = spec_dict(ViewSpec())
+    rows += [(f"view_overrides.{key}", doc if "default" in doc else f"{doc} (default {default[key]!r})")
+             for key, doc in VIEW_FIELDS.items()]
+    rows.append(("view_overrides tables", "[method.view_overrides.all] (every view), then .local (DINO's local "
+                 "crops), then .0, .1, ... (one view, numbered from 0): the more specific table wins"))
+    return rows
+
+
 def live_listing(what: str) -> list[tuple[str, str]]:
     """(name, one-line doc) rows read from the registries themselves (imports torch)."""
+    if what == "views":
+        return view_listing()
     if what == "methods":
         from mixbench.methods import METHODS as reg
     elif what == "models":

@@ -186,12 +186,13 @@ class Listing(str, Enum):
     datasets = "datasets"
     losses = "losses"
     evaluators = "evaluators"
+    views = "views"
     recipes = "recipes"
 
 
 @app.command("list")
 def list_(what: Annotated[Listing, typer.Argument(help="What to list.")]) -> None:
-    """List methods, models, datasets, losses, evaluators or recipes with a one-line description each."""
+    """List methods, models, datasets, losses, evaluators, SSL view settings or recipes, one line each."""
 
     def go() -> None:
         from mixbench.catalog import listing

@@ -26,3 +26,13 @@ def test_list_does_not_import_torch():
     assert out.returncode == 0 and "vanilla" in out.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "mixbench.methods" not in imported
+
+
+def test_list_views_names_both_presets_and_every_override_key():
+    from mixbench.data.views import PRESETS, VIEW_FIELDS
+
+    names = [name for name, _ in listing("views")]
+    assert [f"preset {p}" for p in PRESETS] == names[:len(PRESETS)]
+    assert {f"view_overrides.{k}" for k in VIEW_FIELDS} <= set(names)
+    solarised = dict(listing("views"))["preset asymmetric"].split("; ")
+    assert "solarize_p" not in solarised[0] and "solarize_p=0.2" in solarised[1]  # solo-learn's second view

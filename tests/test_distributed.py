@@ -47,11 +47,16 @@ def _child(rank: int, port: int, out: str, body: Callable[[D.DistInfo], dict]) -
         raise
 
 
-def _spawn(body: Callable[[D.DistInfo], dict], tmp_path: Path) -> list[dict]:
-    """Run ``body`` on 2 processes; fail (never hang) if one errs or outlives the timeout."""
+# what a rank says when another job took the free port first (its own store, or a stranger answering on it)
+PORT_TAKEN = ("address already in use", "eaddrinuse", "distnetworkerror", "diststoreerror", "connection reset",
+              "broken pipe")
+
+
+def _spawn_once(body: Callable[[D.DistInfo], dict], out: Path) -> tuple[list[int], list[int | None], str]:
+    """Start 2 ranks on a fresh port; (ranks still alive at the timeout, exit codes, their tracebacks)."""
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_child, args=(r, port, str(tmp_path), body)) for r in range(WORLD)]
+    procs = [ctx.Process(target=_child, args=(r, port, str(out), body)) for r in range(WORLD)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -62,10 +67,27 @@ def _spawn(body: Callable[[D.DistInfo], dict], tmp_path: Path) -> list[dict]:
         if p.is_alive():
             p.kill()
             p.join()
-    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("rank*.err")))
+    errors = "\n".join(f.read_text() for f in sorted(out.glob("rank*.err")))
+    return hung, [p.exitcode for p in procs], errors
+
+
+def _spawn(body: Callable[[D.DistInfo], dict], tmp_path: Path, attempts: int = 3) -> list[dict]:
+    """Run ``body`` on 2 processes; fail (never hang) if one errs or outlives the timeout.
+
+    Between ``_free_port`` closing its socket and rank 0's store binding it, another process on a busy machine
+    (a concurrent torchrun) can take the port: only that failure is retried, on a new port.
+    """
+    for attempt in range(attempts):
+        out = tmp_path / f"try{attempt}"
+        out.mkdir()
+        hung, codes, errors = _spawn_once(body, out)
+        if codes == [0] * WORLD and not hung:
+            return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+        if not any(mark in errors.lower() for mark in PORT_TAKEN):
+            break
     assert not hung, f"ranks {hung} still running after {JOIN_TIMEOUT_S:.0f} s\n{errors}"
-    assert [p.exitcode for p in procs] == [0] * WORLD, errors
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert codes == [0] * WORLD, errors
+    raise AssertionError(f"2 ranks failed {attempts} times on a port taken by another process\n{errors}")
 
 
 def _both_bodies(info: D.DistInfo) -> dict:
