@@ -3,6 +3,7 @@
 from mixbench.methods.ssl import (  # noqa: F401  (they register)
     byol,
     dino,
+    dino_mix,
     dino_sdmp,
     mocov2,
     mocov3,

@@ -17,6 +17,8 @@ A hooks class subclasses the framework and adds, each in a line or two:
 
 ``MoCoV3Hooks``, ``MoCoV2Hooks`` and ``BYOLHooks`` are these hooks for the three frameworks; a new framework
 adds its own class here and then each mixing variant is one line (``class XMix(NaiveMix, XHooks)``).
+``SimCLRHooks`` has no target network: it gives the hooks naive mixing uses (query, query_features, pair_layout,
+pair_loss, clean_pass), its keys being view 2's projections with their gradient (i-Mix's N-pair form).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mixbench.methods.ssl.byol import BYOL
 from mixbench.methods.ssl.mixing import key_layout, mixture_nce, soft_regression
 from mixbench.methods.ssl.mocov2 import MoCoV2, queue_nce
 from mixbench.methods.ssl.mocov3 import MoCoV3, Projected
+from mixbench.methods.ssl.simclr import SimCLR, gather_with_grad, nt_xent
 
 Targets = tuple[torch.Tensor, torch.Tensor | None]
 CleanPass = tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]
@@ -200,4 +203,41 @@ class BYOLHooks(_TargetHooks, BYOL):
         return {"loss": byol_loss(p1, t2) + byol_loss(p2, t1), "embedding": z1}, (t1, t2), (f1, f2)
 
 
-__all__ = ["MoCoV3Hooks", "MoCoV2Hooks", "BYOLHooks", "projected_targets", "in_batch_cross_view_logits"]
+class SimCLRHooks(SimCLR):
+    """SimCLR with the hooks naive mixing uses: q = h(f(x)) and keys z² = h(f(x²)) of the same network, with graph.
+
+    ``pair_loss`` is InfoNCE at SimCLR's T over every process's keys gathered *with* their gradient (as NT-Xent's
+    rows; i-Mix's N-pair form lets the keys learn too): −Σ_j t_ij log softmax_j(q̂_i·ẑ²_j/T), t = None: t_ij = δ_ij.
+    No target network, so no stage maps (``clean_pass`` with ``stage > 0`` is refused): SDMP and SAMix need one.
+    """
+
+    has_negatives: ClassVar[bool] = True
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x).flatten(1))
+
+    def query_features(self, feats0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(feats0)
+        return z, z
+
+    def pair_layout(self, b: int) -> tuple[int, int]:
+        return key_layout(b)
+
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        keys, offset = gather_with_grad(k)
+        logits = similarity_logits(q, keys, self.temperature)
+        if targets is None:
+            return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device) + offset)
+        return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+    def clean_pass(self, views: tuple[torch.Tensor, ...], feats0: torch.Tensor, stage: int = 0) -> CleanPass:
+        """SimCLR's NT-Xent exactly as ``SimCLR.ssl_loss`` and the projections (z¹, z²) with graph as keys."""
+        if stage > 0:
+            raise ValueError("SimCLR has no target network: no stage feature maps for a learned mixer")
+        z1, _ = self.query_features(feats0)
+        z2 = self.query(views[1])
+        return {"loss": nt_xent(z1, z2, self.temperature), "embedding": z1}, (z1, z2), (None, None)
+
+
+__all__ = ["MoCoV3Hooks", "MoCoV2Hooks", "BYOLHooks", "SimCLRHooks", "projected_targets",
+           "in_batch_cross_view_logits"]

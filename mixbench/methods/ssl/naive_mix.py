@@ -4,8 +4,10 @@ The query view is mixed by a registered mixer with its own (λ, π): x̃_i = M �
 online output q̃ is pulled to the keys of the other view of both sources with the framework's own loss on soft
 targets t_i = λ_i e_i + (1 − λ_i) e_{π(i)}: L = L_framework + w·ℓ(q̃, k², t). For MoCo v3 ℓ is 2T·Σ_j −t_ij log P_i(j)
 (λ-weighted InfoNCE); for BYOL-type regression it is Σ_j t_ij (2 − 2 cos(q̃_i, z²_j)) (``mixing.soft_regression``).
-For MoCo v2 the batch's keys join the logits ahead of the queue (i-Mix's MoCo form). A framework plugs in with one
-line, ``class XMix(NaiveMix, XHooks)``, ``XHooks`` giving the hooks of ``mixbench.methods.ssl.hooks``.
+For MoCo v2 the batch's keys join the logits ahead of the queue (i-Mix's MoCo form); for SimCLR ℓ is
+−Σ_j t_ij log softmax_j(cos(q̃_i, z²_j)/T) over every process's view-2 projections, which keep their gradient (i-Mix's
+N-pair form). A framework plugs in with one line, ``class XMix(NaiveMix, XHooks)``, ``XHooks`` giving the hooks of
+``mixbench.methods.ssl.hooks``; DINO's variant (``dino_mix``) reuses the mixin with its own loss.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import torch
 
 from mixbench.methods.base import METHODS, MethodContext
 from mixbench.methods.ssl.byol import BYOL_PARAMS
-from mixbench.methods.ssl.hooks import BYOLHooks, MoCoV2Hooks, MoCoV3Hooks
+from mixbench.methods.ssl.hooks import BYOLHooks, MoCoV2Hooks, MoCoV3Hooks, SimCLRHooks
 from mixbench.methods.ssl.mixing import mixer_list_problems, source_targets, usable_mixers
 from mixbench.methods.ssl.mocov2 import MOCOV2_PARAMS
 from mixbench.methods.ssl.mocov3 import MOCOV3_PARAMS
+from mixbench.methods.ssl.simclr import SIMCLR_PARAMS
 from mixbench.mixing.base import MixOutput, MixRNG
 from mixbench.mixing.switch import Switch
 from mixbench.params import Param, RunFacts
@@ -43,6 +46,8 @@ class NaiveMix:
     """
 
     mixes = True
+    naive_loss: ClassVar[str] = ("L_framework + mix_weight × its loss of the mixed query view against the other view's "
+                                 "keys with targets λ on the image, 1 − λ on its partner (pairs within each process)")
     mixers: list[str]
     probs: list[float]
     mix_weight: float
@@ -66,12 +71,14 @@ class NaiveMix:
         values.update({m: sub[m] for m in usable_mixers()})  # settings filled with each mixer's defaults
         return out
 
+    def mix_query_view(self, x: torch.Tensor) -> MixOutput:
+        """x̃ = mix(x, x[π]) by this batch's mixer, with its own λ and pairing π within this process's rows."""
+        return self.naive_mixer(x, torch.arange(x.shape[0], device=x.device), self.ctx.rng)
+
     def ssl_loss(self, views: tuple[torch.Tensor, ...], feats0: torch.Tensor) -> dict[str, torch.Tensor]:
         out, keys, _ = self.clean_pass(views, feats0)
-        x = views[0]
-        b = x.shape[0]
-        mix = self.naive_mixer(x, torch.arange(b, device=x.device), self.ctx.rng)
-        n_keys, offset = self.pair_layout(b)
+        mix = self.mix_query_view(views[0])
+        n_keys, offset = self.pair_layout(views[0].shape[0])
         loss_mix = self.pair_loss(self.query(mix.x), keys[1], source_targets(mix.lam, mix.index, n_keys, offset))
         out["loss_mix"] = loss_mix.detach()
         out["loss"] = out["loss"] + self.mix_weight * loss_mix
@@ -82,9 +89,7 @@ class NaiveMix:
             return self.naive_mixer(x, y, rng)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "naive_mixing": self.naive_mixer.describe(),
-                "naive_loss": "L_framework + mix_weight × its loss of the mixed query view against the other view's "
-                              "keys with targets λ on the image, 1 − λ on its partner (pairs within each process)"}
+        return {**super().describe(), "naive_mixing": self.naive_mixer.describe(), "naive_loss": self.naive_loss}
 
 
 NAIVE_DIFFERS = ("keeps the framework's own loss and adds the mixed-query term (i-Mix replaces it; MoCoMix adds it "
@@ -117,4 +122,15 @@ class BYOLMix(NaiveMix, BYOLHooks):
                               "Σ_j t_ij (2 − 2 cos(p̃_i, z_j)) to this process's targets; " + NAIVE_DIFFERS)
 
 
-__all__ = ["NaiveMix", "MoCoV3Mix", "MoCoV2Mix", "BYOLMix", "naive_params"]
+@METHODS.register("simclr_mix", doc="SimCLR + naive mixing (i-Mix N-pair form: λ-weighted InfoNCE of a mixed view "
+                                    "against view 2's projections)")
+class SimCLRMix(NaiveMix, SimCLRHooks):
+    """SimCLR + naive mixing: L = NT-Xent + w·mean_i −Σ_j t_ij log softmax_j(cos(q̃_i, z²_j)/T), keys with gradient."""
+
+    params: ClassVar[dict[str, Param]] = {**SIMCLR_PARAMS, **naive_params()}
+    differs: ClassVar[str] = ("the mixed view's keys are view 2's N projections (not NT-Xent's 2N rows), keeping "
+                              "their gradient as in i-Mix's N-pair form, gathered from every process with it; "
+                              + NAIVE_DIFFERS)
+
+
+__all__ = ["NaiveMix", "MoCoV3Mix", "MoCoV2Mix", "BYOLMix", "SimCLRMix", "naive_params", "NAIVE_DIFFERS"]
