@@ -309,7 +309,8 @@ def test_recipe_rejects_negative_eta(tiny_recipe):
         load_recipe(tiny_recipe(method="mixup"), ["loss.name=dm", 'loss.mode="fewer"'])
     assert "[loss].mode" in str(err.value)
     recipe = load_recipe(tiny_recipe(method="mixup"), ["loss.name=dm"])
-    assert recipe.loss == {"name": "dm", "eta": 0.1, "mode": "both", "lam_power": 1.0, "lam_thr": 1.0}
+    assert recipe.loss == {"name": "dm", "eta": 0.1, "mode": "both", "lam_power": 1.0, "lam_thr": 1.0,
+                           "compat": "mixbench"}
     recipe = load_recipe(tiny_recipe(method="mixup"), ["loss.name=dm_bce"])
     assert recipe.loss == {"name": "dm_bce", "xi": 0.5, "lam_power": 1.0}
 
@@ -351,6 +352,6 @@ def test_dm_recipes_have_no_dm_twins():
         else:
             assert r.loss["name"] == "ce"
     assert recipes["cifar100_r18_cutmix_dm"].loss == {
-        "name": "dm", "eta": 0.1, "mode": "less", "lam_power": 0.5, "lam_thr": 1.0}
+        "name": "dm", "eta": 0.1, "mode": "less", "lam_power": 0.5, "lam_thr": 1.0, "compat": "mixbench"}
     assert recipes["cifar100_r18_puzzlemix"].method["name"] == "puzzlemix"
     assert {recipes[f"cifar100_r18_{m}"].method["name"] for m in ("automix", "samix")} == {"automix", "samix"}

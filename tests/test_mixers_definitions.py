@@ -109,10 +109,15 @@ def test_smoothmix_label_weight_is_one_minus_gaussian_mass():
 
 def test_gridmix_holes_by_hand():
     geo = {k: np.array([v]) for k, v in
-           {"top": 1, "left": 2, "rows": 2, "cols": 3, "cell": 4, "hole": 2, "offset": 1}.items()}
+           {"top": 1, "left": 2, "height": 8, "width": 12, "cell": 4, "hole": 2, "offset": 1}.items()}
     holes = grid_holes(geo, 12, 16, torch.device("cpu"))[0, 0]
     assert holes.sum().item() == 2 * 3 * 2 * 2
     assert holes[2, 3] and holes[3, 4] and not holes[1, 2] and not holes[4, 5] and holes[6, 7]
+    # a region overhanging the top-left corner: only the holes' parts on the image count
+    geo = {k: np.array([v]) for k, v in
+           {"top": -3, "left": -1, "height": 9, "width": 9, "cell": 3, "hole": 2, "offset": 0}.items()}
+    holes = grid_holes(geo, 6, 6, torch.device("cpu"))[0, 0]
+    assert holes.nonzero().tolist() == [[r, c] for r in (0, 1, 3, 4) for c in (0, 2, 3, 5)]
 
 
 def test_resizemix_pastes_the_whole_source_shrunk():
@@ -307,7 +312,7 @@ def test_switch_recipe_round_trips_through_toml(tmp_path):
     path.write_text('[method]\nname = "switch"\nmixers = ["mixup", "cutmix"]\nprobs = [0.5, 0.5]\n'
                     '[method.cutmix]\nalpha = 1.0\n')
     r = load_recipe(path)
-    assert r.method["cutmix"] == {"alpha": 1.0, "lam_mode": "batch"}
+    assert r.method["cutmix"] == {"alpha": 1.0, "lam_mode": "batch", "pairing": "permutation"}
     again = tmp_path / "again.toml"
     again.write_text(r.to_toml())
     assert load_recipe(again).method == r.method

@@ -10,6 +10,8 @@ other mixed class b removed from the normaliser (a == b: the plain log p_a, noth
 w_a = η·g(λ)·sel_a, w_b = η·g(1 − λ)·sel_b, g(t) = min(1, (t/lam_thr)^p) and g(0) = 0; ``mode`` picks
 both classes, only the minority one (share < 0.5) or only the majority one (share > 0.5); at a tie
 (λ = 0.5) under less/more each class gets half the selection (sel = ½). Same-class pairs: plain CE.
+``compat = "openmixup"`` reproduces the reference instead (:func:`openmixup_weights`): no regulariser in a
+batch whose λ is 0.5, and (w_a, w_b) swapped when the first mixed row has y_a > y_b.
 
 ``dm_bce`` (DM(BCE), two-hot targets): t = h(λ) e_a + h(1 − λ) e_b, h(t) = min(1, (t/ξ)^p), h(0) = 0,
 same-class pairs get the one-hot target; L = Σ_k BCEWithLogits(z_k, t_k), mean over samples.
@@ -34,6 +36,7 @@ __all__ = [
     "DecoupledBCE",
     "decoupled_log_softmax",
     "dm_weights",
+    "openmixup_weights",
     "pow_scale",
     "two_hot_targets",
     "eta_balanced_terms",
@@ -41,6 +44,8 @@ __all__ = [
 ]
 
 TIE = 0.5  # the share that separates the minority ("less") from the majority ("more") class
+REF_EPS = 1e-3  # openmixup's soft_mix_cross_entropy: a class is "mixed in" when its target exceeds this
+COMPATS = ("mixbench", "openmixup")
 
 LAM_POWER = Param("float", 1.0, "exponent p of the share weight min(1, (share/thr)^p); 0 = constant",
                   low=0)
@@ -100,6 +105,24 @@ def dm_weights(lam: torch.Tensor, eta: float, mode: str = "both", lam_power: flo
     return w_a, w_b
 
 
+def openmixup_weights(w_a: torch.Tensor, w_b: torch.Tensor, lam: torch.Tensor, y_a: torch.Tensor,
+                      y_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_a, w_b) [N] as openmixup applies them (``ClsMixupHead.loss`` + ``soft_mix_cross_entropy``).
+
+    A row takes part when y_a ≠ y_b and both shares exceed 1e-3; the first such row r decides for the
+    batch: no regulariser at all when λ_r = 1 − λ_r (λ = 0.5, in float32), and w_a ↔ w_b for every row
+    when y_a[r] > y_b[r] (the weights are listed for (λ, 1 − λ) but applied in row r's class order).
+    All on the device (no host sync); per-sample λ, which the reference cannot take, keeps each row's weights.
+    """
+    lam = lam.float()
+    rest = 1.0 - lam
+    part = (y_a != y_b) & (lam > REF_EPS) & (rest > REF_EPS)
+    r = part.to(torch.uint8).argmax().view(1)  # the first participating row (row 0 when none: all weights are 0)
+    swap = y_a.gather(0, r) > y_b.gather(0, r)
+    keep = (part & (lam.gather(0, r) != rest.gather(0, r))).float()
+    return torch.where(swap, w_b, w_a) * keep, torch.where(swap, w_a, w_b) * keep
+
+
 @LOSSES.register("dm",
                  doc="Decoupled Mixup DM(CE): mixed CE + η-weighted decoupled-softmax regulariser per mixed class")
 class DecoupledCE:
@@ -110,8 +133,13 @@ class DecoupledCE:
     which openmixup skips), and the weight of class y_a always uses λ (openmixup attaches it by
     class-index order). Defaults are openmixup's base DM config: η = 0.1, mode "both", p = 1,
     lam_thr = 1 (weights λ and 1 − λ). No label smoothing (openmixup's DM treats it specially).
-    Unmixed batches (y_b None) get plain CE.
+    Unmixed batches (y_b None) get plain CE. ``compat = "openmixup"`` reproduces the reference's
+    λ = 0.5 skip and class-order weights (:func:`openmixup_weights`), to reproduce published numbers.
     """
+
+    differs = ("regulariser also at λ = 0.5 and the weight of class y_a always from λ (openmixup skips λ = 0.5 "
+               "batches and attaches the weights in the first row's class-index order; compat = 'openmixup' "
+               "reproduces both)")
 
     params = {
         "eta": Param("float", 0.1, "weight η of the decoupled regulariser (0 = mixed CE)", low=0),
@@ -120,12 +148,19 @@ class DecoupledCE:
         "lam_power": LAM_POWER,
         "lam_thr": Param("float", 1.0, "share threshold thr of the weight min(1, (share/thr)^p)",
                          low=0, high=1, low_open=True),
+        "compat": Param("str", "mixbench", "mixbench: the intended DM; openmixup: the reference's behaviour "
+                        "(no regulariser at λ = 0.5, weights in class-index order) to reproduce its numbers",
+                        choices=COMPATS),
     }
 
-    def __init__(self, eta: float = 0.1, mode: str = "both", lam_power: float = 1.0, lam_thr: float = 1.0):
+    def __init__(self, eta: float = 0.1, mode: str = "both", lam_power: float = 1.0, lam_thr: float = 1.0,
+                 compat: str = "mixbench"):
         if mode not in ("both", "less", "more"):
             raise ValueError(f"unknown DM mode {mode!r}; valid: both, less, more")
+        if compat not in COMPATS:
+            raise ValueError(f"unknown DM compat {compat!r}; valid: {', '.join(COMPATS)}")
         self.eta, self.mode, self.lam_power, self.lam_thr = eta, mode, lam_power, lam_thr
+        self.compat = compat
 
     def per_sample(self, logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
                    lam: torch.Tensor | float) -> torch.Tensor:
@@ -139,6 +174,8 @@ class DecoupledCE:
         if self.eta == 0:
             return loss
         w_a, w_b = dm_weights(lam, self.eta, self.mode, self.lam_power, self.lam_thr, same=y_a == y_b)
+        if self.compat == "openmixup":
+            w_a, w_b = openmixup_weights(w_a, w_b, lam, y_a, y_b)
         reg = -(w_a * decoupled_log_softmax(z, y_a, y_b) + w_b * decoupled_log_softmax(z, y_b, y_a))
         return loss + reg
 

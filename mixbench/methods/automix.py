@@ -20,7 +20,7 @@ from torch import nn
 from mixbench.engine.momentum import MomentumTeacher
 from mixbench.losses.decoupled import eta_balanced
 from mixbench.methods.base import METHODS, Method, MethodContext, ParamGroup
-from mixbench.mixing.base import MixOutput, MixRNG, stage_problems
+from mixbench.mixing.base import PAIRING, MixOutput, MixRNG, draw_pairing, stage_problems
 from mixbench.mixing.features import eval_mode
 from mixbench.mixing.learned import (
     LAM_ENCODINGS,
@@ -53,6 +53,7 @@ def neg_weight_soft_ce(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tenso
 
 AUTOMIX_PARAMS: dict[str, Param] = {
     "alpha": Param("float", 2.0, "Beta(alpha, alpha) concentration of both λ draws", low=0, low_open=True),
+    "pairing": PAIRING,
     "feature_stage": Param("int", 3, "residual stage whose output feeds the Mixer (3 = openmixup mask_layer 2)",
                         low=1),
     "lam_margin": Param("float", 0.08, "λ_bb this close to 0 or 1 falls back to plain Mixup", low=0, high=0.5,
@@ -135,7 +136,7 @@ class AutoMix(Method):
         """One (λ, π) draw: λ on the host (no sync), λ as an [N] tensor, π on the device."""
         lam = float(self.ctx.rng.np.beta(self.alpha, self.alpha))
         lam_t = torch.full((n,), lam, device=self.ctx.device)
-        return lam, lam_t, self.ctx.rng.permutation(n, self.ctx.device)
+        return lam, lam_t, draw_pairing(self.ctx.rng, n, self.ctx.device, self.pairing)
 
     def _mask(self, z: torch.Tensor, index: torch.Tensor, lam_t: torch.Tensor, size) -> torch.Tensor:
         """S₀ (weight of x_i), [N, 1, H, W]."""
@@ -201,7 +202,7 @@ class AutoMix(Method):
         n = x.shape[0]
         lam = float(rng.np.beta(self.alpha, self.alpha))
         lam_t = torch.full((n,), lam, device=x.device)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         with torch.no_grad(), eval_mode(self.momentum_encoder), eval_mode(self.mix_block):
             z = stage_features(self.momentum_encoder, x, self.feature_stage)
             s0 = self._mask(z, index, lam_t, x.shape[-2:]).to(x.dtype)

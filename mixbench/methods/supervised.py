@@ -30,6 +30,10 @@ class Supervised(Method):
         self.mixer = self.mixer_cls(**values) if self.mixer_cls is not None else None
         if self.mixer is not None and self.mixer.needs_model:
             self.mixer.bind(self.model, ctx.device)
+        if self.mixer is not None and "mean" in ctx.model_spec:  # PuzzleMix's seam cost reads de-normalised pixels
+            for m in [self.mixer, *getattr(self.mixer, "children", [])]:  # a switch's children too
+                if hasattr(m, "set_normalization"):
+                    m.set_normalization(ctx.model_spec["mean"], ctx.model_spec["std"])
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> MixOutput:
         """The mixer's output, or the clean batch (λ = 1) when the ``prob`` draw says no."""

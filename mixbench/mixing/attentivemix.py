@@ -16,10 +16,12 @@ from torch import nn
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
+    draw_pairing,
     masked_mix,
     sample_lambda,
     side_problem,
@@ -40,6 +42,7 @@ class AttentiveMix(Mixer):
         "grid": Param("int", 4, "cells per side of the attention grid (the reference: 7 at 224 px)", low=1),
         "features_from": FEATURES_FROM,
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
     }
     needs_model = True
     differs: ClassVar[str] = ("features from the model being trained (or a run named by features_from) "
@@ -60,5 +63,5 @@ class AttentiveMix(Mixer):
         k = to_device((self.grid * self.grid * lam).astype("int64"), x.device, torch.int64)
         act = F.adaptive_avg_pool2d(activation_map(self.source, x).unsqueeze(1), self.grid).flatten(1)
         cells = top_k_mask(act, k).view(n, 1, self.grid, self.grid)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         return masked_mix(x, y, index, F.interpolate(cells, size=(h, w), mode="nearest"))

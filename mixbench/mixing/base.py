@@ -3,7 +3,9 @@
 A mixer maps ``(x, y, rng)`` to ``MixOutput(x̃, y_a, y_b, λ, index, mask, layer)`` where
 ``x̃ = M ⊙ x + (1 − M) ⊙ x[index]`` (``M = λ`` for Mixup), ``y_b = y[index]`` and ``λ`` is the
 realised per-sample weight of the first source ``x`` / label ``y_a`` (shape ``[N]``). Spatial
-mixers report ``λ = mean(M)``, the area actually kept, never the sampled value.
+mixers report ``λ = mean(M)``, the area actually kept, never the sampled value. The pairing
+``index`` = π is a uniform permutation (π(i) = i possible), a derangement (π(i) ≠ i) or the
+reversed batch π(i) = N − 1 − i (``pairing``, drawn on the device).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from mixbench.registry import Registry
 MIXERS = Registry("mixer")
 
 LAM_MODE = Param("str", "batch", "one lambda per batch or per sample", choices=("batch", "sample"))
+PAIRINGS = ("permutation", "derangement", "reverse")
+PAIRING = Param("str", "permutation", "partner of each sample: a uniform permutation (a sample may draw itself, "
+                "as openmixup), a derangement (never itself) or the reversed batch i <-> N-1-i (timm)",
+                choices=PAIRINGS)
 
 
 def alpha_param(default: float) -> Param:
@@ -43,6 +49,23 @@ class MixOutput:
     mask: torch.Tensor | None = None  # [N, 1, H, W] weight of the first source, spatial mixers only
     layer: int = 0  # backbone stage where the mix happens (0 = input)
     cells: torch.Tensor | None = None  # [N, g, g] bool grid pattern, 1 = cell from the first source (PatchMix)
+
+
+def flip_index(n: int, device: torch.device) -> torch.Tensor:
+    """π(i) = n − 1 − i, timm's and SDMP's pairing (the middle row of an odd batch is its own partner)."""
+    return torch.arange(n - 1, -1, -1, device=device)
+
+
+def derangement(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A random pairing π with π(i) ≠ i for every i (n ≥ 2), drawn on the device: one random n-cycle.
+
+    With σ a uniform permutation, π(σ_j) = σ_{j+1 mod n}: each image's partner is uniform over the other
+    images. n = 1 gives π = [0] (the only pairing there is), n = 0 an empty one; no host synchronisation.
+    """
+    sigma = torch.randperm(n, device=device, generator=generator)
+    pi = torch.empty_like(sigma)
+    pi[sigma] = sigma.roll(-1)
+    return pi
 
 
 class MixRNG:
@@ -69,6 +92,22 @@ class MixRNG:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.np.bit_generator.state = state["np"]
         self.torch.set_state(state["torch"])
+
+
+def draw_pairing(rng: MixRNG, n: int, device: torch.device, mode: str = "permutation") -> torch.Tensor:
+    """The pairing π [N] of a batch of ``n`` on ``device`` (see :data:`PAIRING`), without a host sync.
+
+    ``permutation`` is ``rng.permutation`` (the draw every earlier run made; a pinned generator may
+    override it), ``derangement`` draws one n-cycle from ``rng.torch``, ``reverse`` draws nothing.
+    Under torchrun ``n`` is this process's slice: every pairing stays inside it (reverse flips the slice).
+    """
+    if mode == "permutation":
+        return rng.permutation(n, device)
+    if mode == "derangement":
+        return derangement(n, rng.torch, device)
+    if mode == "reverse":
+        return flip_index(n, device)
+    raise ValueError(f"unknown pairing {mode!r}; valid: {', '.join(PAIRINGS)}")
 
 
 def sample_lambda(rng: MixRNG, alpha: float, n: int, mode: str) -> np.ndarray:
@@ -109,6 +148,25 @@ def masked_mix(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, mask: torc
     n = x.shape[0]
     lam = mask.float().mean(dim=(1, 2, 3)).expand(n).contiguous()
     return MixOutput(mixed, y, y[index], lam, index, mask.expand(n, 1, *x.shape[2:]))
+
+
+def box_paste(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, box: tuple[int, int, int, int],
+              patch: torch.Tensor | None = None) -> MixOutput:
+    """One host box (y0, y1, x0, x1) for the whole batch: x̃ = x outside it and ``patch`` inside
+    (default: x[index] at the same place), λ = 1 − box area / HW.
+
+    The same x̃, λ = mean(M) and M as :func:`masked_mix` with M = 1 outside the box, but a copy of the
+    N·C·|box| pasted values instead of an N·C·H·W blend; M is one [1, 1, H, W] mask expanded to N.
+    """
+    n, _, h, w = x.shape
+    y0, y1, x0, x1 = box
+    mask = torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype)
+    mask[..., y0:y1, x0:x1] = 0
+    mixed = x.clone()
+    if y1 > y0 and x1 > x0:
+        mixed[:, :, y0:y1, x0:x1] = x[:, :, y0:y1, x0:x1][index] if patch is None else patch
+    lam = mask.float().mean(dim=(1, 2, 3)).expand(n).contiguous()
+    return MixOutput(mixed, y, y[index], lam, index, mask.expand(n, 1, h, w))
 
 
 def identity_mix(x: torch.Tensor, y: torch.Tensor) -> MixOutput:

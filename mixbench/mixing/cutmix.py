@@ -2,6 +2,7 @@
 
 λ ~ Beta(α, α); a box of side ratio √(1 − λ) centred uniformly, clipped to the image, is pasted
 from x[π] into x; the label weight is corrected to the realised λ = 1 − box area / image area.
+One λ per batch means one box: its pixels are copied (timm's form), not blended through a mask.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import torch
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
+    box_paste,
+    draw_pairing,
     masked_mix,
-    per_sample,
     sample_lambda,
     to_device,
 )
@@ -56,12 +59,13 @@ class CutMix(Mixer):
     """CutMix: paste a random box from the paired image; λ = realised area of the first image."""
 
     name = "cutmix"
-    params = {"alpha": alpha_param(1.0), "lam_mode": LAM_MODE}
+    params = {"alpha": alpha_param(1.0), "lam_mode": LAM_MODE, "pairing": PAIRING}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
         n, _, h, w = x.shape
         lam = sample_lambda(rng, self.alpha, n, self.lam_mode)
         boxes = rand_boxes(rng, lam[:1] if self.lam_mode == "batch" else lam, h, w)
-        boxes = tuple(per_sample(b, n, self.lam_mode) for b in boxes)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
+        if self.lam_mode == "batch":  # one box: copy its pixels (same x̃, λ and M as the mask blend)
+            return box_paste(x, y, index, tuple(int(b[0]) for b in boxes))
         return masked_mix(x, y, index, box_mask(boxes, h, w, x.device))

@@ -15,10 +15,12 @@ import torch
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
+    draw_pairing,
     masked_mix,
     per_sample,
     sample_lambda,
@@ -55,6 +57,7 @@ class FMix(Mixer):
         "alpha": alpha_param(1.0),
         "decay_power": Param("float", 3.0, "decay power δ of the spectrum's amplitude", low=0, low_open=True),
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
     }
     differs: ClassVar[str] = "no soft mask edges (the reference's max_soft = 0 default)"
 
@@ -66,5 +69,5 @@ class FMix(Mixer):
         masks = 1 if self.lam_mode == "batch" else n
         noise = fourier_noise(masks, h, w, self.decay_power, rng.torch, x.device).flatten(1)
         mask = top_k_mask(noise, to_device(kept[:masks], x.device, torch.int64)).view(masks, 1, h, w)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         return masked_mix(x, y, index, mask)

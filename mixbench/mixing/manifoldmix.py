@@ -16,11 +16,13 @@ from mixbench.errors import UserError
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
     blend,
+    draw_pairing,
     sample_lambda,
     stage_problems,
     to_device,
@@ -37,6 +39,7 @@ class ManifoldMix(Mixer):
         "alpha": alpha_param(2.0),
         "layers": Param("int_list", [0, 1, 2], "stages to mix at: 0 = input, s = after residual stage s"),
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
     }
     needs_model = True
 
@@ -68,6 +71,6 @@ class ManifoldMix(Mixer):
         n = x.shape[0]
         lam = to_device(sample_lambda(rng, self.alpha, n, self.lam_mode), x.device)
         layer = int(self.layers[rng.np.integers(len(self.layers))])
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         mixed = blend(x, index, lam) if layer == 0 else x
         return MixOutput(mixed, y, y[index], lam, index, layer=layer)

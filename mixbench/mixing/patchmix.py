@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG, side_problem
+from mixbench.mixing.base import MIXERS, PAIRING, Mixer, MixOutput, MixRNG, draw_pairing, side_problem
 from mixbench.mixing.features import eval_mode
 from mixbench.params import Param, RunFacts, show_number
 
@@ -216,6 +216,7 @@ class PatchMix(Mixer):
                           choices=("batch", "sample")),
         "search": Param("str", "random", "random patterns and pairing, or an evolutionary search",
                         choices=("random", "evolution")),
+        "pairing": PAIRING,
         "population": Param("int", 16, "evolution: candidates (pairing + patterns) per generation", low=2),
         "generations": Param("int", 5, "evolution: generations per search", low=1),
         "elite": Param("int", 2, "evolution: fittest candidates kept unchanged", low=1),
@@ -263,12 +264,15 @@ class PatchMix(Mixer):
         if values["search"] == "evolution" and values["lam_mode"] == "batch":
             out.append(f"{origin.get('lam_mode', 'recipe')}: {where}.lam_mode = 'batch' works only with "
                        "search = 'random' (evolution evolves one pattern per pair)")
+        if values["search"] == "evolution" and values.get("pairing", PAIRING.default) != PAIRING.default:
+            out.append(f"{origin.get('pairing', 'recipe')}: {where}.pairing = '{values['pairing']}' works only with "
+                       "search = 'random' (evolution searches over uniform permutations and swaps partners)")
         return out
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: MixRNG) -> MixOutput:
         n = x.shape[0]
         if self.search == "random":
-            index = rng.permutation(n, x.device)
+            index = draw_pairing(rng, n, x.device, self.pairing)
             k, g = (1 if self.lam_mode == "batch" else n), self.cells_per_side(x)
             patterns = keep_mixed(sample_patterns((k,), g, self.sampler, rng.torch, x.device)).expand(n, -1, -1)
         else:

@@ -5,17 +5,20 @@ a hidden stage's output (default, cheaper), pooled to a b×b block grid (b = 2^U
 and normalised to sum 1; (2) a block mask m ∈ {0, 1/(L−1), .., 1} (weight of x) minimising
 E(m) = Σ_p [−m_p ŝ_x(p) − (1 − m_p) ŝ_x[π](p) − (η/b²) log π_λ(m_p)] + Σ_{p~q} w_pq (m_p − m_q)²,
 with π_λ the Binomial(L−1, λ) prior of λ ~ Beta(α, α), and w_pq = β/(16 b)·(1 + γ d_pq) where d_pq
-is the seam cost of the two images across the block boundary; (3) optimal transport moving
-each image's salient blocks to the places its mask keeps; (4) x̃ = M ⊙ T(x) + (1 − M) ⊙ T(x[π]),
+is the seam cost of the two images across the block boundary, on de-normalised pixels x·σ + μ as in
+the reference; (3) optimal transport moving each image's salient blocks to the places its mask keeps,
+at cost t_eps·‖p − q‖²/(t − 1)² − ŝ(p)·keep(q) on the t×t grid; (4) x̃ = M ⊙ T(x) + (1 − M) ⊙ T(x[π]),
 λ = mean(M).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from math import comb
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,10 +26,12 @@ from torch import nn
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
+    draw_pairing,
     masked_mix,
     sample_lambda,
     side_problem,
@@ -37,6 +42,9 @@ from mixbench.mixing.features import FEATURES_FROM, input_saliency, resolve_sour
 from mixbench.params import Param, RunFacts
 
 EPS = 1e-8
+# openmixup's puzzlemix() defaults when it is given no mean/std: CIFAR's under 64 px, ImageNet's from 64 px
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------- the block-mask energy
@@ -132,6 +140,9 @@ def solve_mask(unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor) -> tor
 def seam_weights(xa: torch.Tensor, xb: torch.Tensor, b: int, neigh: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Data-smoothness d_pq ≥ 0 of vertical [N, b−1, b] and horizontal [N, b, b−1] block edges.
 
+    ``xa``, ``xb`` are pixel values (de-normalised, x·σ + μ), as the reference's
+    ``avg_pool2d(input * std + mean, neigh_size)``: on normalised images d is about 1/σ ≈ 5 times larger.
+
     c_uv = mean |u − v| across the boundary (u on the top/left side, v below/right) on
     ``neigh``-pooled images; d = max(0, (c_ab + c_ba − c_aa − c_bb) / 2), the part of the seam
     cost that depends on cutting between the two images.
@@ -159,17 +170,18 @@ def seam_weights(xa: torch.Tensor, xb: torch.Tensor, b: int, neigh: int) -> tupl
 
 @functools.lru_cache(maxsize=8)
 def _grid_distance(t: int, device: torch.device) -> torch.Tensor:
-    """[t², t²] squared distance between the cells of a t×t grid, scaled to max 1."""
+    """[t², t²] C(p, q) = ‖p − q‖² / (t − 1)² between the cells of a t×t grid (the reference's
+    ``cost_matrix``): 1 between neighbouring corners of one side, 2 between opposite corners."""
     rc = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij"), -1).view(-1, 2)
     dist = ((rc.unsqueeze(1) - rc.unsqueeze(0)) ** 2).sum(-1).float()
-    return (dist / dist.max().clamp_min(1)).to(device)
+    return (dist / max((t - 1) ** 2, 1)).to(device)
 
 
 def transport_plan(keep: torch.Tensor, sal: torch.Tensor, t_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each block of a t×t grid goes: (destination [N, P], moves [N, P] bool).
 
-    Greedy auction on cost(p, q) = t_eps·C(p, q) − ŝ(p)·keep(q), C the squared grid distance
-    scaled to max 1: each round every block bids for its cheapest place, each place goes to its
+    Greedy auction on cost(p, q) = t_eps·C(p, q) − ŝ(p)·keep(q), C = ‖p − q‖²/(t − 1)² the
+    reference's grid distance (max 2): each round every block bids for its cheapest place, each place goes to its
     cheapest bidder (lowest index on ties) and a losing bid costs 1 more; t rounds. Only the
     winners of the last round move.
     """
@@ -225,13 +237,17 @@ class PuzzleMix(Mixer):
                                 "backward through half the network) or at the input (0, the reference)", low=0),
         "features_from": FEATURES_FROM,
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
     }
     needs_model = True
     differs: ClassVar[str] = ("saliency is the gradient at residual stage 2 by default (saliency_stage = 0 "
                               "for the reference's input gradient, about 1.6x the cost); mask by batched "
                               "belief propagation + ICM on the device instead of pyGCO's CPU alpha-beta swap; "
                               "transport by a batched greedy auction; seam cost reduced to its "
-                              "cut-dependent part")
+                              "cut-dependent part, on pixels de-normalised with the run's own mean/std "
+                              "(openmixup assumes CIFAR's below 64 px and ImageNet's above, which mixbench "
+                              "falls back to when no run tells it)")
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the data's (mean, std): set_normalization
 
     @classmethod
     def check(cls, values: dict[str, Any], where: str, origin: dict[str, str],
@@ -249,6 +265,18 @@ class PuzzleMix(Mixer):
     def bind(self, model: nn.Module, device: torch.device) -> None:
         self.source = resolve_source(self.features_from, model, device)
 
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The per-channel (μ, σ) the images were normalised with: the seam cost reads x·σ + μ."""
+        self.norm = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """De-normalised images x·σ + μ (float32); without :meth:`set_normalization`, openmixup's
+        defaults: CIFAR's constants for images under 64 px wide, ImageNet's from 64 px."""
+        mean, std = self.norm or ((CIFAR_MEAN, CIFAR_STD) if x.shape[-1] < 64 else (IMAGENET_MEAN, IMAGENET_STD))
+        shape = (1, -1, 1, 1)
+        return torch.addcmul(to_device(np.asarray(mean), x.device).view(shape), x.float(),
+                             to_device(np.asarray(std), x.device).view(shape))
+
     def block_grid(self, rng: MixRNG, h: int, w: int) -> int:
         """b = 2^k with k ~ U{1..block_num−1} among the grids that divide the image (else 1)."""
         fits = [2 ** k for k in range(1, self.block_num) if h % 2 ** k == 0 and w % 2 ** k == 0]
@@ -258,12 +286,13 @@ class PuzzleMix(Mixer):
         n, _, h, w = x.shape
         lam = to_device(sample_lambda(rng, self.alpha, n, self.lam_mode), x.device)
         b = self.block_grid(rng, h, w)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         sal = input_saliency(self.source, x, y, self.saliency_stage)
         sal_a, sal_b = _pool_norm(sal, b), _pool_norm(sal[index], b)
         unary = unary_costs(sal_a, sal_b, lam, self.eta, self.n_labels)
         neigh = max(d for d in range(1, self.neigh_size + 1) if (h // b) % d == 0 and (w // b) % d == 0)
-        d_v, d_h = seam_weights(x, x[index], b, neigh)
+        pix = self.pixels(x)
+        d_v, d_h = seam_weights(pix, pix[index], b, neigh)
         scale = self.beta / (16 * b)
         labels = solve_mask(unary, scale * (1 + self.gamma * d_v), scale * (1 + self.gamma * d_h))
         blocks = labels.float().div(self.n_labels - 1).unsqueeze(1)  # [N, 1, b, b]

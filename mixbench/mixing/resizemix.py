@@ -2,7 +2,8 @@
 
 Scale τ ~ Beta(α, α), redrawn from U(τ_min, τ_max) when outside that range (openmixup's
 ``use_alpha``); a box of side τ·(H, W) with a uniform centre, clipped, receives the whole x[π]
-resized (nearest) to the box. λ = 1 − box area / image area.
+resized (nearest) to the box. λ = 1 − box area / image area. One box for the batch (``lam_mode =
+"batch"``) is pasted by a copy of the box's pixels instead of a mask blend (same x̃, λ and mask).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import torch
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
+    box_paste,
+    draw_pairing,
     masked_mix,
     per_sample,
     to_device,
@@ -44,6 +48,15 @@ def paste_resized(source: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, x0: 
     return source.flatten(2).gather(2, flat).view(n, c, h, w)
 
 
+def resized_patch(x: torch.Tensor, index: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """[N, C, bh, bw]: x[index] resized (nearest) to a bh × bw box, the pixels :func:`paste_resized` reads:
+    box pixel (r, c) ← source pixel (⌊r·H / bh⌋, ⌊c·W / bw⌋)."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(bh, device=x.device) * h // bh
+    cols = torch.arange(bw, device=x.device) * w // bw
+    return x.index_select(2, rows).index_select(3, cols)[index]
+
+
 @MIXERS.register()
 class ResizeMix(Mixer):
     """ResizeMix: paste the whole paired image, shrunk to a random box; λ = kept area."""
@@ -54,6 +67,7 @@ class ResizeMix(Mixer):
         "scale_min": Param("float", 0.1, "smallest box side as a fraction of the image", low=0, high=1, low_open=True),
         "scale_max": Param("float", 0.8, "largest box side as a fraction of the image", low=0, high=1, low_open=True),
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
     }
 
     @classmethod
@@ -74,7 +88,11 @@ class ResizeMix(Mixer):
         cy, cx = rng.np.integers(0, h, m), rng.np.integers(0, w, m)
         box = (np.clip(cy - bh // 2, 0, h), np.clip(cy + bh // 2, 0, h),
                np.clip(cx - bw // 2, 0, w), np.clip(cx + bw // 2, 0, w))
+        index = draw_pairing(rng, n, x.device, self.pairing)
+        if self.lam_mode == "batch":  # one box: copy the resized pixels into it
+            b = tuple(int(v[0]) for v in box)
+            patch = resized_patch(x, index, b[1] - b[0], b[3] - b[2]) if b[1] > b[0] and b[3] > b[2] else None
+            return box_paste(x, y, index, b, patch)
         y0, y1, x0, x1 = (to_device(per_sample(b, n, self.lam_mode), x.device, torch.int64) for b in box)
-        index = rng.permutation(n, x.device)
         pasted = paste_resized(x[index], y0, y1, x0, x1)
         return masked_mix(x, y, index, (~inside_box(y0, y1, x0, x1, h, w)).float(), source_b=pasted)

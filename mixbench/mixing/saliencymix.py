@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from mixbench.mixing.base import (
     LAM_MODE,
     MIXERS,
+    PAIRING,
     Mixer,
     MixOutput,
     MixRNG,
     alpha_param,
+    draw_pairing,
     masked_mix,
     sample_lambda,
     to_device,
@@ -64,7 +66,7 @@ class SaliencyMix(Mixer):
     """SaliencyMix: CutMix with the box centred on the pasted image's saliency peak."""
 
     name = "saliencymix"
-    params = {"alpha": alpha_param(1.0), "lam_mode": LAM_MODE}
+    params = {"alpha": alpha_param(1.0), "lam_mode": LAM_MODE, "pairing": PAIRING}
     differs: ClassVar[str] = ("on-device box-filter centre-surround saliency instead of OpenCV's "
                               "StaticSaliencyFineGrained; a saliency peak per image (as the paper), "
                               "not one image's peak for the whole batch (openmixup)")
@@ -73,7 +75,7 @@ class SaliencyMix(Mixer):
         n, _, h, w = x.shape
         ratio = torch.sqrt(1.0 - to_device(sample_lambda(rng, self.alpha, n, self.lam_mode), x.device))
         cut_h, cut_w = (h * ratio).long(), (w * ratio).long()
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         peak = fine_grained_saliency(x).flatten(1).argmax(dim=1)[index]
         cy, cx = peak // w, peak % w
         y0, y1 = (cy - cut_h // 2).clamp(0, h), (cy + cut_h // 2).clamp(0, h)

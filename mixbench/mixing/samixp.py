@@ -14,7 +14,17 @@ from typing import Any, ClassVar
 import torch
 
 from mixbench.errors import UserError
-from mixbench.mixing.base import LAM_MODE, Mixer, MixOutput, MixRNG, alpha_param, sample_lambda, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    PAIRING,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    alpha_param,
+    draw_pairing,
+    sample_lambda,
+    to_device,
+)
 from mixbench.mixing.learned import MixBlock, stage_features, truncate_backbone
 from mixbench.params import Param
 
@@ -63,6 +73,7 @@ class SAMixP(Mixer):
         "mixer_checkpoint": Param("path", doc="run folder (or mixer.pt) of an automix or samix run"),
         "alpha": alpha_param(2.0),
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
         "lam_margin": Param("float", 0.08, "λ this close to 0 or 1 uses plain Mixup", low=0, high=0.5,
                             high_open=True),
         "clean_loss": Param("bool", False, "also train on the clean batch (CE), as SAMix does"),
@@ -80,7 +91,7 @@ class SAMixP(Mixer):
             self.block.to(x.device)
         lam_np = sample_lambda(rng, self.alpha, n, self.lam_mode)
         lam = to_device(lam_np, x.device)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         if self.lam_mode == "batch" and min(lam_np[0], 1 - lam_np[0]) <= self.lam_margin:
             s0 = lam.view(n, 1, 1, 1).expand(n, 1, *x.shape[-2:])  # plain Mixup, no Mixer call
         else:

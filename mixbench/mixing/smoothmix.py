@@ -13,7 +13,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mixbench.mixing.base import LAM_MODE, MIXERS, Mixer, MixOutput, MixRNG, masked_mix, to_device
+from mixbench.mixing.base import (
+    LAM_MODE,
+    MIXERS,
+    PAIRING,
+    Mixer,
+    MixOutput,
+    MixRNG,
+    draw_pairing,
+    masked_mix,
+    to_device,
+)
 from mixbench.params import Param, RunFacts
 
 
@@ -34,6 +44,7 @@ class SmoothMix(Mixer):
         "sigma_min": Param("float", 0.25, "smallest σ as a fraction of the image height", low=0, low_open=True),
         "sigma_max": Param("float", 0.5, "largest σ as a fraction of the image height", low=0, low_open=True),
         "lam_mode": LAM_MODE,
+        "pairing": PAIRING,
     }
     differs: ClassVar[str] = "label weight of the first image is 1 − mean(G) (openmixup inverts it)"
 
@@ -51,5 +62,5 @@ class SmoothMix(Mixer):
         cy, cx = rng.np.uniform(0, h, m), rng.np.uniform(0, w, m)
         sigma = rng.np.uniform(self.sigma_min, self.sigma_max, m) * h
         g = gaussian_masks(*(to_device(v, x.device) for v in (cy, cx, sigma)), h, w)
-        index = rng.permutation(n, x.device)
+        index = draw_pairing(rng, n, x.device, self.pairing)
         return masked_mix(x, y, index, 1.0 - g)

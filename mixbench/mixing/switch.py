@@ -2,6 +2,7 @@
 
 With mixers (g_1..g_m) and probabilities (p_1..p_m), each batch is mixed by g_k with k ~ Cat(p);
 each g_k keeps its own settings (``[method.<mixer>]`` tables) and reports its own realised λ.
+``pairing`` is the pairing of every g_k whose table does not set its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import did_you_mean
-from mixbench.mixing.base import MIXERS, Mixer, MixOutput, MixRNG
+from mixbench.mixing.base import MIXERS, PAIRING, Mixer, MixOutput, MixRNG
 from mixbench.params import Param, RunFacts, call_check, check_table, resolve_paths, show
 
 
@@ -23,11 +24,17 @@ def switch_params() -> dict[str, Param]:
     params = {
         "mixers": Param("str_list", ["mixup", "cutmix"], "mixers to choose from, one per batch"),
         "probs": Param("float_list", [], "their probabilities (normalised; default: equal)"),
+        "pairing": PAIRING,
     }
     for entry in MIXERS:
         if entry.name != "switch":
             params[entry.name] = Param("table", {}, f"settings of {entry.name} when switched to")
     return params
+
+
+def with_pairing(table: dict[str, Any], child: type[Mixer], pairing: Any) -> dict[str, Any]:
+    """A child mixer's settings with the switch's ``pairing`` filled in where the table gives none."""
+    return table if "pairing" in table or "pairing" not in child.params else {**table, "pairing": pairing}
 
 
 @MIXERS.register()
@@ -62,6 +69,7 @@ class Switch(Mixer):
                 continue
             sub_origin = {k[len(name) + 1:]: v for k, v in origin.items() if k.startswith(name + ".")}
             child = MIXERS.get(name)
+            table = with_pairing(table, child, values.get("pairing", PAIRING.default))
             filled, probs_ = check_table(table, child.params, f"{where}.{name}", sub_origin)
             problems += probs_ or call_check(child.check, filled, f"{where}.{name}", sub_origin, facts)
             resolve_paths(filled, child.params, sub_origin)
@@ -70,7 +78,8 @@ class Switch(Mixer):
 
     def __init__(self, **values: Any):
         super().__init__(**values)
-        self.children: list[Mixer] = [MIXERS.get(m)(**(values.get(m) or {})) for m in self.mixers]
+        self.children: list[Mixer] = [
+            MIXERS.get(m)(**with_pairing(values.get(m) or {}, MIXERS.get(m), self.pairing)) for m in self.mixers]
         p = np.asarray(self.probs or [1.0] * len(self.mixers), dtype=np.float64)
         self.p = p / p.sum()
         self.needs_model = any(c.needs_model for c in self.children)
@@ -85,5 +94,5 @@ class Switch(Mixer):
         return self.children[k](x, y, rng)
 
     def describe(self) -> dict[str, Any]:
-        return {"mixers": list(self.mixers), "probs": self.p.tolist(),
+        return {"mixers": list(self.mixers), "probs": self.p.tolist(), "pairing": self.pairing,
                 **{m: c.describe() for m, c in zip(self.mixers, self.children, strict=True)}}

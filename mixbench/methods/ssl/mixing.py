@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from mixbench.errors import did_you_mean
 from mixbench.losses.ssl import gather_rows, similarity_logits
 from mixbench.mixing import MIXERS, build_mixer
-from mixbench.mixing.base import Mixer, MixOutput, MixRNG, to_device
+from mixbench.mixing.base import Mixer, MixOutput, MixRNG, derangement, flip_index, to_device
 from mixbench.params import show
 
 SDMP_MIXERS = ["mixup", "cutmix", "resizemix"]  # the paper's default: one drawn uniformly per batch
@@ -31,22 +31,6 @@ LAM_LOW, LAM_HIGH = 0.1, 0.9  # SDMP maps λ ~ Beta(1, 1) to [0.1, 0.9]
 
 
 # ---------------------------------------------------------------- pairing, λ and the key layout
-
-
-def flip_index(n: int, device: torch.device) -> torch.Tensor:
-    """SDMP's partner of row i: b − 1 − i (the middle row of an odd batch is its own partner)."""
-    return torch.arange(n - 1, -1, -1, device=device)
-
-
-def derangement(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """A random pairing π with π(i) ≠ i for every i (n ≥ 2), drawn on the device: one random n-cycle.
-
-    With σ a uniform permutation, π(σ_j) = σ_{j+1 mod n}: each image's partner is uniform over the other images.
-    """
-    sigma = torch.randperm(n, device=device, generator=generator)
-    pi = torch.empty_like(sigma)
-    pi[sigma] = sigma.roll(-1)
-    return pi
 
 
 def sdmp_lambda(rng: MixRNG, n: int, low: float = LAM_LOW, high: float = LAM_HIGH) -> np.ndarray:
