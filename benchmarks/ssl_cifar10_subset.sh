@@ -28,4 +28,4 @@ for ((i = 0; i < ${#methods[@]}; i += 2)); do
   if (( i + 1 < ${#methods[@]} )); then run "${methods[$((i + 1))]}" & fi
   wait
 done
-python -m mixbench compare "$out" --metric knn
+python -m mixbench compare "$out"   # top-1 = the online linear classifier; kNN: each run's metrics.jsonl (knn_top1)

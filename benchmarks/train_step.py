@@ -33,8 +33,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether a bf16 row is measured on ``device`` (every CPU runs it, slowly where it has no native bf16)."""
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
 def bench_one(args, device: torch.device, compiled: bool, precision: str) -> dict:
+    """One row: ``args`` as :func:`parse_args` returns them (backbone, width, method, batch, images, steps,
+    warmup, channels_last are read)."""
     torch.manual_seed(0)
+    if device.type == "cuda":  # this row's peak, not the largest of every row so far
+        torch.cuda.reset_peak_memory_stats(device)
     gen = torch.Generator(device=device).manual_seed(0)
     train, _, info = build_loaders(
         DataConfig(source="shapes", train_size=args.images, test_size=100, image_size=32),
@@ -105,7 +120,7 @@ def bench_one(args, device: torch.device, compiled: bool, precision: str) -> dic
             "peak_memory_mb": peak}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backbone", default="resnet18_cifar")
@@ -119,12 +134,16 @@ def main() -> None:
     p.add_argument("--compile", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     rows = []
     for mode in args.compile:
         for precision in args.precision:
-            if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            if precision == "bf16" and not bf16_supported(device):
                 continue
             row = bench_one(args, device, mode == "compiled", precision)
             rows.append(row)
@@ -132,8 +151,7 @@ def main() -> None:
                   f"{row['images_per_s']:9.0f} img/s  step {row['step_ms']:.1f} ms  "
                   f"outside fwd/bwd {100 * row['outside_fwd_bwd_share']:.1f}%  "
                   f"(warm-up {row['warmup_s']:.1f} s)", flush=True)
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    hw = hardware_name(device)
     if args.json:
         args.json.write_text(json.dumps({"device": hw, "torch": torch.__version__,
                                          "args": vars(args) | {"json": str(args.json)},

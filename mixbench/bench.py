@@ -35,8 +35,10 @@ def target_pct(name: str) -> float:
 
 def bench_mixers(device: torch.device, *, batch: int = 256, backbone: str = "resnet18_cifar",
                  width: float = 1.0, image_size: int = 32, num_classes: int = 100,
-                 names: list[str] | None = None, repeats: int = 5, progress=None) -> dict[str, Any]:
-    """Measure and return the result record (see the module docstring)."""
+                 names: list[str] | None = None, repeats: int = 5, progress=None, on_row=None) -> dict[str, Any]:
+    """Measure and return the result record (see the module docstring). ``progress(name)`` is called before
+    each mixer, ``on_row(row)`` with each mixer's row as soon as it is measured (a row carries the training
+    step's time as ``train_step_ms`` there only, for a caller that records rows as they come)."""
     torch.manual_seed(0)
     model = build_model(backbone, num_classes, width=width, image_size=image_size).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -62,6 +64,8 @@ def bench_mixers(device: torch.device, *, batch: int = 256, backbone: str = "res
         pct = 100.0 * ms / step_ms
         rows.append({"mixer": name, "ms_per_batch": ms, "overhead_pct": pct, "target_pct": target_pct(name),
                      "within_target": pct <= target_pct(name)})
+        if on_row:
+            on_row(rows[-1] | {"train_step_ms": step_ms})
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "batch": batch, "backbone": backbone, "width": width,
             "image_size": image_size, "num_classes": num_classes, "repeats": repeats,
@@ -127,8 +131,10 @@ def _method_step_cost(name: str, device_name_: str, batch: int, backbone: str, w
 
 def bench_methods(device: torch.device, *, batch: int = 100, backbone: str = "resnet18_cifar", width: float = 1.0,
                   image_size: int = 32, num_classes: int = 100, names: list[str] | None = None,
-                  repeats: int = 5, progress=None) -> dict[str, Any]:
-    """Step time and peak memory of each method relative to vanilla (see the module docstring)."""
+                  repeats: int = 5, progress=None, on_row=None) -> dict[str, Any]:
+    """Step time and peak memory of each method relative to vanilla (see the module docstring).
+    ``progress(name)`` is called before each method, ``on_row(row)`` with each method's row (step_ms,
+    peak_memory_mb; vanilla's comes first) as soon as it is measured."""
     import concurrent.futures
     import multiprocessing
     import tempfile
@@ -161,6 +167,8 @@ def bench_methods(device: torch.device, *, batch: int = 100, backbone: str = "re
                     rows.append(pool.submit(_method_step_cost, name, *args).result())
             else:
                 rows.append(_method_step_cost(name, *args))
+            if on_row:
+                on_row(dict(rows[-1]))
     base = rows[0]["step_ms"]
     for r in rows:
         r["x_vanilla"] = r["step_ms"] / base

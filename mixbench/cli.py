@@ -104,6 +104,7 @@ def run(
     def go() -> None:
         from mixbench.engine import fit, resolve_device
         from mixbench.recipe import load_recipe
+        from mixbench.recipe_names import resolve_recipe_path
         from mixbench.results.inspect import headline
         from mixbench.results.records import check_run
 
@@ -112,7 +113,8 @@ def run(
         overrides = list(set_ or [])
         if seed is not None:
             overrides.append(f"seed={seed}")
-        r = load_recipe(recipe, overrides)
+        path = resolve_recipe_path(recipe, note=_err)  # an alias or bare name: one line says which file
+        r = load_recipe(path, overrides)
         run_dir = out / r.name / r.run_id()
         if dry_run:  # every check a run makes before it trains, except reading the data
             from mixbench.engine.build import check_batch_layout
@@ -132,7 +134,7 @@ def run(
 
             check_batch_layout(r, nproc)
             check_run(out, r.name, r.run_id(), resume=resume, overwrite=overwrite)
-            args = [str(recipe), "--out", str(out), "--device", device.value,
+            args = [str(path), "--out", str(out), "--device", device.value,
                     *[a for text in overrides for a in ("--set", text)],
                     *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
             raise typer.Exit(launch(nproc, args, run_dir))
@@ -209,13 +211,15 @@ class Format(str, Enum):
     csv = "csv"
     json = "json"
     latex = "latex"
+    html = "html"
 
 
 @app.command()
 def compare(
     dirs: Annotated[list[Path] | None, typer.Argument(help="Folders to search for runs.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    reference: Annotated[bool, typer.Option("--reference", help="Add OpenMixup's published rows.")] = False,
+    reference: Annotated[bool, typer.Option("--reference", help="Add the published rows (OpenMixup; solo-learn, "
+                                                        "lightly) and, per row, the published value and Δ.")] = False,
     metric: Annotated[str, typer.Option(
         "--metric", help="Ranking column, with mean ± std, 95% CI and Welch's p vs vanilla: top1, linear, knn, ece "
                          "(lower is better), mca, occlusion, fgsm or transfer:<data>.")] = "top1",
@@ -571,6 +575,110 @@ def export(
         print(f"  load: [model].weights = \"{r.path}\"" + (f"; {m['timm_note']}" if m["timm_loadable"] else
                                                           "; not loadable by timm.create_model (a mixbench "
                                                           "backbone, see the metadata's timm_note)"))
+
+    _guard(go)
+
+
+class Launcher(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+_SEEDS_HELP = "Seeds, comma-separated, e.g. 0,1,2 (default: each recipe's own seed)."
+_JOBS_HELP = "Runs at once: local processes (each with cores/jobs threads; CUDA jobs share the GPU), or SLURM array " \
+             "parallelism."
+_SLURM_HELP = "submitit parameter KEY=VALUE for --launcher slurm, e.g. slurm_partition=gpu, timeout_min=600."
+_WAIT_HELP = "--launcher slurm: wait for the jobs and report each run as it ends."
+
+
+@app.command("sweep")
+def sweep_cmd(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe TOML files.")],
+    seeds: Annotated[str | None, typer.Option("--seeds", help=_SEEDS_HELP)] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", help="key.path=V1,V2,... (repeatable): every "
+                                                   "combination runs; values are TOML, split at top-level commas.")
+                    ] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help=_JOBS_HELP)] = None,
+    launcher: Annotated[Launcher, typer.Option(help="Where runs go: this machine, or a SLURM job array (needs "
+                                               "the slurm extra).")] = Launcher.local,
+    out: Annotated[Path, typer.Option(help="Results folder; the manifest goes to OUT/sweeps/<id>/.")] = Path("results"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every run: key.path=VALUE.")] = None,
+    device: Annotated[Device, typer.Option(help="Training device of every run.")] = Device.auto,
+    slurm: Annotated[list[str] | None, typer.Option("--slurm", help=_SLURM_HELP)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help=_WAIT_HELP)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and what would happen; run nothing.")
+                       ] = False,
+) -> None:
+    """Run recipes x grid x seeds: skip completed runs, resume interrupted ones, list failures at the end.
+
+    Exit codes: 0 every run completed (or, with slurm, was submitted), 1 some run failed, diverged or is invalid,
+    2 bad arguments, 130 stopped by Ctrl-C/SIGTERM (rerun the same command to continue)."""
+
+    def go() -> None:
+        from mixbench.sweep import parse_seeds
+        from mixbench.sweep import sweep as run_sweep
+
+        code = run_sweep(list(recipes), seeds=parse_seeds(seeds), grid=list(grid or []), sets=list(set_ or []),
+                         out=out, jobs=jobs, launcher=launcher.value, device=device.value, dry_run=dry_run,
+                         slurm=list(slurm or []), wait=wait)
+        if code:
+            raise typer.Exit(code)
+
+    _guard(go)
+
+
+suite_app = typer.Typer(help="Suites: published tables as one sweep each.", no_args_is_help=True)
+app.add_typer(suite_app, name="suite")
+
+
+@suite_app.command("list")
+def suite_list_cmd(
+    images_per_s: Annotated[float, typer.Option("--images-per-s", min=1, help="Assumed vanilla ResNet-18 img/s at "
+                                                "32 px on one GPU, for the cost estimate.")] = 10_000.0,
+) -> None:
+    """List the suites: name, runs, estimated cost, description."""
+
+    def go() -> None:
+        from mixbench.sweep.suites import cost_note, listing
+
+        rows = listing(images_per_s)
+        if not rows:
+            raise UserError("no suites found (mixbench/suites/ is missing from this installation)")
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'name':<{width}}  {'runs':>4}  {'est. cost':<14}  description")
+        for r in rows:
+            runs = "" if r["runs"] is None else r["runs"]
+            print(f"{r['name']:<{width}}  {runs:>4}  {r['cost']:<14}  {r['description']}")
+        print(cost_note(images_per_s))
+
+    _guard(go)
+
+
+@suite_app.command("run")
+def suite_run_cmd(
+    name: Annotated[str, typer.Argument(help="Suite name (mixbench suite list) or the path of a suite .toml.")],
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds, comma-separated (default: the suite's).")
+                     ] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help=_JOBS_HELP)] = None,
+    launcher: Annotated[Launcher, typer.Option(help="Where runs go.")] = Launcher.local,
+    out: Annotated[Path | None, typer.Option(help="Results folder (default: results/<suite>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every run: key.path=VALUE, e.g. "
+                                                   "data.root=/data/cifar.")] = None,
+    device: Annotated[Device, typer.Option(help="Training device of every run.")] = Device.auto,
+    slurm: Annotated[list[str] | None, typer.Option("--slurm", help=_SLURM_HELP)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help=_WAIT_HELP)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs; run nothing.")] = False,
+) -> None:
+    """Run a suite as a sweep; `mixbench compare OUT --reference` then gives its table beside the published one."""
+
+    def go() -> None:
+        from mixbench.sweep import parse_seeds, run_suite
+
+        code = run_suite(name, seeds=parse_seeds(seeds), out=out, jobs=jobs, launcher=launcher.value,
+                         device=device.value, sets=list(set_ or []), slurm=list(slurm or []), wait=wait,
+                         dry_run=dry_run)
+        if code:
+            raise typer.Exit(code)
 
     _guard(go)
 

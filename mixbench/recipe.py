@@ -20,6 +20,7 @@ from typing import Any
 
 from mixbench.errors import RecipeError, did_you_mean
 from mixbench.params import MAX_PATH_CHARS, Param, RunFacts, call_check, check_table, resolve_paths, show, show_key
+from mixbench.recipe_names import resolve_recipe_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +38,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_LR = 10.0
 MAX_NAME_CHARS, MAX_NAME_BYTES = 100, 255  # a folder name: 255 bytes is the usual file-system limit
 MAX_BASE_DEPTH = 16  # base chain: a recipe, its base, that one's base, ...
+MAX_THREADS = 1024  # [train].threads
 MAX_NESTING = 8  # tables in tables and arrays in arrays (a recipe needs 4: [method.mixup] alpha = [..])
 
 DATA_SCHEMA: dict[str, Param] = {
@@ -112,6 +114,8 @@ TRAIN_SCHEMA: dict[str, Param] = {
     "deterministic": Param("bool", False, "deterministic algorithms (slower)"),
     "sync_bn": Param("bool", False, "torchrun: BatchNorm statistics over the global batch, not each process's"),
     "log_every": Param("int", 50, "steps between log lines (one host sync each)", low=1),
+    "threads": Param("int", None, "CPU threads of torch's intra-op pool for this run (torch.set_num_threads; at most "
+                     f"{MAX_THREADS}); unset: torch's own choice, as before", low=1, high=MAX_THREADS, optional=True),
     "checkpoint_every": Param("int", 1, "epochs between checkpoints", low=1),
     "stop_after": Param("int", None, "stop (resumable) after this many epochs", low=1, optional=True),
 }
@@ -133,7 +137,14 @@ _NOT_HASHED = {("train", "stop_after"), ("train", "log_every"), ("eval", "batch_
 # Keys added after run ids were first issued: hashed only when set away from their default, so that
 # the run id of every earlier recipe stays what it was.
 _HASHED_IF_SET = {("train", "sync_bn"): False, ("train", "lars_eta"): 0.02, ("train", "lars_clip"): True,
-                  ("model", "patch_size"): None}
+                  ("model", "patch_size"): None,
+                  ("train", "threads"): None, ("method", "pairing"): "permutation", ("loss", "compat"): "mixbench"}
+# ... and such keys of the mixers a [method] holds in sub-tables (switch's [method.<mixer>]).
+_HASHED_IF_SET_NESTED = {("method", "pairing"): "permutation"}
+# Methods (or mixers a switch lists) whose computation changed at unchanged keys: their revision joins the hash, so
+# a new run never resumes or replaces a run of the old computation. puzzlemix 2: the seam cost on de-normalised
+# pixels and the transport cost C/(t-1)^2, as OpenMixup (issue 14).
+_REVISIONS = {"puzzlemix": 2}
 
 
 @dataclass
@@ -179,6 +190,13 @@ class Recipe:
         for (table, key), default in _HASHED_IF_SET.items():
             if d[table].get(key) == default:
                 d[table].pop(key, None)
+        for (table, key), default in _HASHED_IF_SET_NESTED.items():
+            d[table] = {k: {kk: vv for kk, vv in v.items() if kk != key or vv != default} if isinstance(v, dict)
+                        else v for k, v in d[table].items()}
+        used = {d["method"].get("name"), *(d["method"].get("mixers") or ())}
+        revisions = {name: rev for name, rev in _REVISIONS.items() if name in used}
+        if revisions:
+            d["revisions"] = revisions
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:6]
 
@@ -370,9 +388,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load, merge, override and validate a recipe file. Raises :class:`RecipeError`."""
-    path = Path(path)
+    """Load, merge, override and validate a recipe file. Raises :class:`RecipeError`.
+
+    A ``path`` that is not a file may name one as an alias or a bare recipe name (``mixbench.recipe_names``:
+    ``recipes/samix_cifar100.toml`` is ``recipes/cifar100_r18_samix.toml``); one line on stderr says which.
+    """
     parsed = [parse_override(text) for text in overrides]  # a bad --set is reported before the files are read
+    path = resolve_recipe_path(path)
     merged, origin = _load_chain(path, ())
     for text, (keys, value) in zip(overrides, parsed, strict=True):
         node = merged

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 GOLDEN_FILE = Path(__file__).resolve().parent / "golden" / "golden.json"
-TIMING_KEYS = {"epoch_seconds", "images_per_s", "eval_seconds", "wall_time_s"}
+TIMING_KEYS = {"epoch_seconds", "images_per_s", "eval_seconds", "wall_time_s",
+               "cpu_seconds", "threads"}  # machine facts, not training numbers
 
 BASE = """
 name = "{name}"

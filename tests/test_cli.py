@@ -70,7 +70,8 @@ def test_openmixup_cifar100_recipe_is_exact():
     assert (t["optimizer"], t["schedule"], t["min_lr"], t["nesterov"]) == ("sgd", "cosine", 0.0, False)
     assert (r.data["augment"], r.data["padding_mode"], r.data["crop_padding"]) == ("crop_flip", "reflect", 4)
     assert r.data["std"] == [0.2023, 0.1994, 0.201]
-    assert r.method == {"name": "mixup", "alpha": 1.0, "lam_mode": "batch", "prob": 1.0}
+    assert r.method == {"name": "mixup", "alpha": 1.0, "lam_mode": "batch", "pairing": "permutation",
+                        "prob": 1.0}
     assert load_recipe(REPO / "recipes" / "cifar100_r18_cutmix.toml").method["alpha"] == 0.2
     assert load_recipe(REPO / "recipes" / "cifar10_r18_vanilla.toml").data["source"] == "cifar10"
 

@@ -140,7 +140,8 @@ def test_method_params_are_validated_per_method(tmp_path):
     (p,) = problems_of(write(tmp_path / "c.toml", '[method]\nname = "cutmix"\nlam_mode = "pixel"\n'))
     assert "one of 'batch', 'sample'" in p
     r = load_recipe(write(tmp_path / "d.toml", '[method]\nname = "cutmix"\nalpha = 1\n'))
-    assert r.method == {"name": "cutmix", "alpha": 1.0, "lam_mode": "batch", "prob": 1.0}
+    assert r.method == {"name": "cutmix", "alpha": 1.0, "lam_mode": "batch", "pairing": "permutation",
+                        "prob": 1.0}
 
 
 def test_incompatible_combinations(tmp_path):

@@ -118,8 +118,10 @@ def test_render_formats_parse(runs):
     assert "\\begin{tabular}" in render(groups, "latex")
     table = render(groups, "table")
     assert "cifar100 · resnet18_cifar · 200 epochs" in table and "±" in table
+    assert "<table>" in render(groups, "html") and "<h3>cifar100 · resnet18_cifar · 200 epochs</h3>" in render(
+        groups, "html")
     with pytest.raises(UserError, match="valid: table"):
-        render(groups, "html")
+        render(groups, "xml")
 
 
 def test_reference_rows_are_published_numbers_and_not_counted(runs):

@@ -21,10 +21,17 @@ import torch
 
 from mixbench.data import shapes
 from mixbench.data.batches import BatchSpec, LabelledBatch, SemiSupervisedBatch, ViewsBatch
-from mixbench.data.cache import cached, fingerprint
+from mixbench.data.cache import cached, cached_split, fingerprint
 from mixbench.data.gpu_loader import Augment, DeviceLoader, Views, ViewsLoader, shard_of
 from mixbench.data.semisup import build_semisup_loaders, semisup_train_loader
-from mixbench.data.sources import read_cifar, read_imagefolder, read_tiny_imagenet, resize_uint8
+from mixbench.data.sources import (
+    WholeSet,
+    asked_images,
+    read_cifar,
+    read_imagefolder,
+    read_tiny_imagenet,
+    resize_uint8,
+)
 from mixbench.data.streaming import StreamingLoader
 from mixbench.errors import UserError
 from mixbench.registry import Registry
@@ -108,37 +115,45 @@ def _subset(split: dict, cfg: DataConfig) -> dict:
     return split
 
 
-def _cifar(which: str, cfg: DataConfig) -> dict:
-    """The pickles' subset, resized (antialiased bilinear) when ``image_size`` asks for another side than 32."""
-    split = _subset(read_cifar(which, _root(cfg), cfg.download), cfg)
+def _cifar(which: str, cfg: DataConfig, whole: WholeSet | None = None) -> dict:
+    """The pickles' subset, resized (antialiased bilinear) when ``image_size`` asks for another side than 32;
+    the whole set marked ``"whole"`` when ``whole`` asks for it (see ``mixbench.data.cache``)."""
+    split = read_cifar(which, _root(cfg), cfg.download)
+    side = cfg.image_size or 32
+    lengths = [split["train_y"].shape[0], split["test_y"].shape[0]]
+    asked = asked_images(lengths, [cfg.train_size, cfg.test_size])
+    keep_whole = whole is not None and whole.wanted(sum(lengths), asked, side, side)
+    if not keep_whole:
+        split = _subset(split, cfg)
     if cfg.image_size is not None:
         for name in ("train_x", "test_x"):
             split[name] = resize_uint8(split[name], cfg.image_size)
-    return split
+    return split | {"whole": True} if keep_whole else split
 
 
+# whole_set: the factory takes ``whole`` (a WholeSet) and its subsets are balanced_subset choices of the whole set
 @DATASETS.register("cifar10", doc="CIFAR-10 from torchvision's pickle files under data.root",
-                   mean=CIFAR_MEAN, std=CIFAR_STD)
-def _cifar10(cfg: DataConfig) -> dict:
-    return _cifar("cifar10", cfg)
+                   mean=CIFAR_MEAN, std=CIFAR_STD, whole_set=True)
+def _cifar10(cfg: DataConfig, whole: WholeSet | None = None) -> dict:
+    return _cifar("cifar10", cfg, whole)
 
 
 @DATASETS.register("cifar100", doc="CIFAR-100 (fine labels) from torchvision's pickle files under data.root",
-                   mean=CIFAR_MEAN, std=CIFAR_STD)
-def _cifar100(cfg: DataConfig) -> dict:
-    return _cifar("cifar100", cfg)
+                   mean=CIFAR_MEAN, std=CIFAR_STD, whole_set=True)
+def _cifar100(cfg: DataConfig, whole: WholeSet | None = None) -> dict:
+    return _cifar("cifar100", cfg, whole)
 
 
 @DATASETS.register("imagefolder", doc="train/ and test/ (or val/) class folders, or a .tar/.tar.gz of them",
-                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def _imagefolder(cfg: DataConfig) -> dict:
-    return read_imagefolder(_root(cfg), cfg.image_size, cfg.train_size, cfg.test_size, cfg.seed)
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, whole_set=True)
+def _imagefolder(cfg: DataConfig, whole: WholeSet | None = None) -> dict:
+    return read_imagefolder(_root(cfg), cfg.image_size, cfg.train_size, cfg.test_size, cfg.seed, whole)
 
 
 @DATASETS.register("tiny-imagenet", doc="Tiny-ImageNet-200 (64x64) with its flat val/ folder",
-                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def _tiny(cfg: DataConfig) -> dict:
-    return read_tiny_imagenet(_root(cfg), cfg.image_size, cfg.train_size, cfg.test_size, cfg.seed)
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, whole_set=True)
+def _tiny(cfg: DataConfig, whole: WholeSet | None = None) -> dict:
+    return read_tiny_imagenet(_root(cfg), cfg.image_size, cfg.train_size, cfg.test_size, cfg.seed, whole)
 
 
 def _norm(cfg: DataConfig, source: str) -> tuple[tuple, tuple]:
@@ -149,10 +164,14 @@ def _norm(cfg: DataConfig, source: str) -> tuple[tuple, tuple]:
 
 
 def load_image_data(cfg: DataConfig) -> ImageData:
-    """Decode (or load from the cache) the whole data set as uint8 tensors on the CPU."""
+    """Decode (or load from the cache) the data set as uint8 tensors on the CPU.
+
+    A ``whole_set`` source is decoded whole once and its subsets taken by index (``cached_split``, see
+    ``mixbench.data.cache``); ``shapes`` and other sources are cached per subset.
+    """
     entry = DATASETS.entry(cfg.source)
-    key = {"source": cfg.source, "image_size": cfg.image_size, "train_size": cfg.train_size,
-           "test_size": cfg.test_size, "seed": cfg.seed}
+    key = {"source": cfg.source, "image_size": cfg.image_size}
+    sizes = {"train_size": cfg.train_size, "test_size": cfg.test_size, "seed": cfg.seed}
     if cfg.source == "shapes":
         key["generator_version"] = shapes.VERSION
     else:
@@ -162,7 +181,11 @@ def load_image_data(cfg: DataConfig) -> ImageData:
         if not root.exists() and not cfg.download:
             entry.factory(cfg)  # raises the source's own message naming the files it expects
         key |= {"root": str(root), "fingerprint": fingerprint(root) if root.exists() else None}
-    split = cached(cfg.cache_dir, key, lambda: entry.factory(cfg))
+    if entry.meta.get("whole_set"):
+        split = cached_split(cfg.cache_dir, key, cfg.train_size, cfg.test_size, cfg.seed,
+                             lambda whole: entry.factory(cfg, whole=whole))
+    else:
+        split = cached(cfg.cache_dir, key | sizes, lambda: entry.factory(cfg))
     mean, std = _norm(cfg, cfg.source)
     return ImageData(cfg.source, split["train_x"], split["train_y"], split["test_x"], split["test_y"],
                      list(split["classes"]), mean, std)

@@ -7,6 +7,13 @@
 (with or without that top folder). An archive is read in two sequential passes (gzip cannot seek): one
 lists its members, the other reads only the images of the chosen subset, in archive order.
 ``resize_uint8`` resizes decoded tensors (cifar's pickles, which hold 32x32 only).
+
+Whole sets: given a :class:`WholeSet` policy (from :func:`mixbench.data.cache.cached_split`), a reader decodes
+the whole set instead of the asked subsets when :meth:`WholeSet.wanted` says so, and marks it ``"whole": True``;
+the cache keeps it and cuts every subset from it with the same :func:`balanced_subset`. An archive is then read
+in one pass (image bytes kept as its members pass by, within :meth:`WholeSet.budget`). Should an image outside
+the asked subsets not decode (or differ in size), the asked subsets are decoded as without a policy, so a set
+that loaded before still loads.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import lzma
+import math
 import os
 import pickle
 import tarfile
@@ -212,9 +220,48 @@ def balanced_subset(labels: list[int] | np.ndarray, size: int | None, seed: int)
     return np.sort(np.concatenate(picks))
 
 
+@dataclass(frozen=True)
+class WholeSet:
+    """When a reader decodes the whole set rather than only the asked subsets (``mixbench.data.cache``).
+
+    Always when the subsets are the whole set. Otherwise only when the whole set's uint8 tensors fit ``limit``
+    bytes and decoding them this machine's memory, and either the subsets hold at least ``1/FRACTION`` of its
+    images (decoding all costs at most twice the asked) or ``again``: another subset of this set was cached
+    before (a sweep over sizes or seeds: decode once, then cut every subset from it). A first small slice
+    (a test, a quick look at Tiny-ImageNet) decodes only itself.
+    """
+
+    FRACTION = 2
+    limit: int
+    again: bool = False
+
+    def worth(self, n_whole: int, n_asked: int) -> bool:
+        """Whether decoding ``n_whole`` images for ``n_asked`` pays off, size aside."""
+        return n_asked >= n_whole or self.again or n_asked * self.FRACTION >= n_whole
+
+    def budget(self, train_size: int | None, test_size: int | None) -> list[float]:
+        """[bytes, images] an archive's listing reads as its members pass by: the most a whole set worth
+        decoding can hold (``limit`` bytes; ``FRACTION`` times the asked images unless ``again``)."""
+        asked = None if train_size is None or test_size is None else train_size + test_size
+        return [self.limit, math.inf if self.again or asked is None else self.FRACTION * asked]
+
+    def wanted(self, n_whole: int, n_asked: int, h: int, w: int) -> bool:
+        if n_asked >= n_whole:
+            return True
+        nbytes = n_whole * 3 * h * w
+        return (self.worth(n_whole, n_asked) and nbytes <= self.limit
+                and memory_problem(DECODE_OVERHEAD * nbytes, "decoding") is None)
+
+
+def asked_images(lengths: list[int], sizes: list[int | None]) -> int:
+    """Images the balanced subsets of ``sizes`` hold, of splits with ``lengths`` images."""
+    return sum(n if size is None else min(size, n) for n, size in zip(lengths, sizes, strict=True))
+
+
 def _decode(data: bytes, image_size: int | None, where: str) -> np.ndarray:
     try:
-        img = Image.open(io.BytesIO(data)).convert("RGB")
+        img = Image.open(io.BytesIO(data))
+        img = img.convert("RGB") if img.mode != "RGB" else img  # RGB: convert would only copy it
     except Exception:
         raise UserError(f"[data].root: cannot decode image {where}") from None
     if image_size is not None and img.size != (image_size, image_size):
@@ -222,20 +269,43 @@ def _decode(data: bytes, image_size: int | None, where: str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+DECODE_CHUNK = 256  # images per thread-pool task: one task per image costs more than a 32 px JPEG decode
+
+
+def _decode_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(32, n))
+
+
 def decode_all(items: list[tuple[str, bytes]], image_size: int | None, where: str) -> torch.Tensor:
-    """Decode (name, bytes) pairs on a thread pool into one uint8 [N, 3, H, W] tensor."""
+    """Decode (name, bytes) pairs on a thread pool (Pillow decodes without the GIL), in chunks of
+    ``DECODE_CHUNK`` images, straight into one uint8 [N, 3, H, W] tensor."""
     if not items:
         return torch.zeros(0, 3, image_size or 32, image_size or 32, dtype=torch.uint8)
     first = _decode(items[0][1], image_size, items[0][0])  # the set's size is known from its first image
     _check_fits(len(items), first.shape[0], first.shape[1], where)
-    with ThreadPoolExecutor() as pool:
-        arrays = list(pool.map(lambda it: _decode(it[1], image_size, it[0]), items))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
+    out = np.empty((len(items), 3, *first.shape[:2]), dtype=np.uint8)
+    odd: list[tuple[int, ...]] = []  # shapes that differ from the first image's
+
+    def work(lo: int) -> None:
+        for i in range(lo, min(lo + DECODE_CHUNK, len(items))):
+            a = first if i == 0 else _decode(items[i][1], image_size, items[i][0])
+            if a.shape != first.shape:
+                odd.append(a.shape)
+            else:
+                out[i] = a.transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(_decode_workers()) as pool:
+        list(pool.map(work, range(0, len(items), DECODE_CHUNK)))  # re-raises the first failing chunk's error
+    if odd:
+        shapes = list(dict.fromkeys([first.shape, *odd]))
         raise UserError(f"[data].image_size: images under {where} have different sizes "
-                        f"({', '.join(str(s[:2]) for s in list(shapes)[:3])}); set data.image_size "
+                        f"({', '.join(str(s[:2]) for s in shapes[:3])}); set data.image_size "
                         "to resize them to one side length")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out)
 
 
 def _split_and_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -247,37 +317,87 @@ def _split_and_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
-def _listing(root: Path, tar: tarfile.TarFile | None) -> dict[str, list[tuple[str, str, object]]]:
-    """Per split: (path, class, handle) of every image, from a folder tree or an open tar archive."""
+def _suffix(name: str) -> str:
+    """``PurePath(name).suffix.lower()`` of a bare file name, without building a path."""
+    i = name.rfind(".")
+    return name[i:].lower() if 0 < i < len(name) - 1 else ""
+
+
+def _images_below(folder: str) -> list[tuple[str, str]]:
+    """(path, first component below ``folder``) of every image file below ``folder``, sorted by path.
+
+    An ``os.scandir`` walk with what ``sorted(Path(folder).rglob("*"))`` + ``is_file()`` found before:
+    symlinked files count, symlinked folders are not entered, unreadable folders are skipped.
+    """
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, str | None]] = [(folder, None)]
+    while stack:
+        path, top = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except PermissionError:
+            continue
+        for e in entries:
+            first = e.name if top is None else top
+            if e.is_dir(follow_symlinks=False):
+                stack.append((e.path, first))
+            elif _suffix(e.name) in IMAGE_EXTS and e.is_file():
+                found.append((e.path, first))
+    found.sort()
+    return found
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, budget: list[float]) -> object:
+    """A member's bytes while the ``budget`` of [bytes, images] lasts (read as the listing passes by: no second
+    pass over the archive), else its (tar, member) handle; once the budget is spent every later member gets a
+    handle."""
+    if budget[1] >= 1 and 0 <= member.size <= budget[0]:
+        budget[0] -= member.size
+        budget[1] -= 1
+        return tar.extractfile(member).read()
+    budget[0] = budget[1] = -1
+    return (tar, member)
+
+
+def _listing(root: Path, tar: tarfile.TarFile | None,
+             budget: list[float] | None = None) -> dict[str, list[tuple[str, str, object]]]:
+    """Per split: (path, class, handle) of every image, from a folder tree or an open tar archive (archive
+    images are read as they pass by while ``budget`` lasts, see :func:`_read_member`: their handle is their
+    bytes)."""
     found: dict[str, list[tuple[str, str, object]]] = {"train": [], "test": []}
     if tar is not None:
+        budget = budget or [0, 0]
         for member in tar:
-            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTS:
-                sc = _split_and_class(Path(member.name).parts)
-                if sc:
-                    found[sc[0]].append((member.name, sc[1], (tar, member)))
+            if member.isfile():
+                name = PurePosixPath(member.name)
+                if name.suffix.lower() in IMAGE_EXTS:
+                    sc = _split_and_class(name.parts)
+                    if sc:
+                        found[sc[0]].append((member.name, sc[1], _read_member(tar, member, budget)))
         return found
     for split, names in SPLITS.items():
         for name in names:
             folder = root / name
             if folder.is_dir():
-                for p in sorted(folder.rglob("*")):
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-                        found[split].append((str(p), p.relative_to(folder).parts[0], p))
+                found[split] = [(p, top, p) for p, top in _images_below(str(folder))]
                 break
     return found
 
 
 def _read_many(handles: list[object]) -> list[bytes]:
-    """Bytes of each handle (a Path, or a (tar, member) pair read in archive order)."""
+    """Bytes of each handle (bytes already read, a path, or a (tar, member) pair read in archive order)."""
     out: list[bytes] = [b""] * len(handles)
     order = sorted(range(len(handles)),
                    key=lambda i: handles[i][1].offset_data if isinstance(handles[i], tuple) else i)
     for i in order:
         h = handles[i]
-        if isinstance(h, Path):
+        if isinstance(h, bytes):
+            out[i] = h
+        elif isinstance(h, str | Path):
             try:
-                out[i] = h.read_bytes()
+                with open(h, "rb") as f:
+                    out[i] = f.read()
             except OSError as e:
                 raise UserError(f"[data].root: cannot read {h} ({e.strerror or e})") from None
         else:
@@ -287,16 +407,18 @@ def _read_many(handles: list[object]) -> list[bytes]:
 
 
 def read_imagefolder(root: Path, image_size: int | None, train_size: int | None,
-                     test_size: int | None, seed: int) -> Split:
-    """Read an ImageFolder tree or archive; subsets are chosen before decoding."""
+                     test_size: int | None, seed: int, whole: WholeSet | None = None) -> Split:
+    """Read an ImageFolder tree or archive; subsets are chosen before decoding (or the whole set decoded, as
+    ``whole`` decides: module docstring)."""
     if not root.exists():
         raise UserError(f"[data].root: {root} does not exist; imagefolder expects train/ and test/ "
                         "(or val/) class folders, or a .tar/.tar.gz of them")
     if root.is_dir():
-        return _decode_listing(root, _listing(root, None), image_size, train_size, test_size, seed)
+        return _decode_listing(root, _listing(root, None), image_size, train_size, test_size, seed, whole)
     try:
         with tarfile.open(root, "r:*") as tar:
-            return _decode_listing(root, _listing(root, tar), image_size, train_size, test_size, seed)
+            found = _listing(root, tar, whole.budget(train_size, test_size) if whole else None)
+            return _decode_listing(root, found, image_size, train_size, test_size, seed, whole)
     except ARCHIVE_ERRORS as e:  # truncated gzip (EOFError), corrupt stream (zlib.error), not a tar at all, ...
         raise UserError(_archive_problem(root, e)) from None
 
@@ -310,7 +432,7 @@ def _archive_problem(root: Path, e: BaseException) -> str:
 
 
 def _decode_listing(root: Path, found: dict, image_size: int | None, train_size: int | None,
-                    test_size: int | None, seed: int) -> Split:
+                    test_size: int | None, seed: int, whole: WholeSet | None = None) -> Split:
     if not found["train"] or not found["test"]:
         raise UserError(f"[data].root: {root} needs train/<class>/ and test/<class>/ (or val/<class>/) "
                         f"image folders; found {len(found['train'])} train and {len(found['test'])} "
@@ -320,10 +442,53 @@ def _decode_listing(root: Path, found: dict, image_size: int | None, train_size:
     unknown = sorted({c for _, c, _ in found["test"]} - set(index))
     if unknown:
         raise UserError(f"[data].root: test classes {', '.join(unknown[:3])} of {root} have no train folder")
+    splits = {split: ([(name, index[c], h) for name, c, h in sorted(found[split], key=lambda e: e[0])], size)
+              for split, size in (("train", train_size), ("test", test_size))}
+    return _decode_splits(root, classes, splits, image_size, seed, whole)
+
+
+Entries = list[tuple[str, int, object]]  # (name, label, handle) in the set's order
+
+
+def _decode_splits(root: Path, classes: list[str], splits: dict[str, tuple[Entries, int | None]],
+                   image_size: int | None, seed: int, whole: WholeSet | None) -> Split:
+    """Decode each split's balanced subset of the given size, or the whole set marked ``"whole"`` when
+    ``whole`` asks for it (module docstring)."""
+    covers = all(size is None or size >= len(entries) for entries, size in splits.values())
+    if whole is not None and (covers or _whole_wanted(splits, image_size, whole)):
+        try:
+            out = _decode_subsets(root, classes, {s: (e, None) for s, (e, _) in splits.items()}, image_size, seed)
+        except UserError:
+            if covers:
+                raise
+        else:
+            out["whole"] = True
+            return out
+    return _decode_subsets(root, classes, splits, image_size, seed)
+
+
+def _whole_wanted(splits: dict[str, tuple[Entries, int | None]], image_size: int | None, whole: WholeSet) -> bool:
+    """``whole.wanted`` for these splits (the side from ``image_size`` or the first image's header); an archive
+    whose image bytes passed ``whole.limit`` as it was listed is too big."""
+    entries = [e for es, _ in splits.values() for e in es]
+    n_asked = asked_images([len(es) for es, _ in splits.values()], [size for _, size in splits.values()])
+    if not entries or not whole.worth(len(entries), n_asked) or any(isinstance(h, tuple) for _, _, h in entries):
+        return False
+    if image_size is not None:
+        h = w = image_size
+    else:
+        try:
+            w, h = Image.open(io.BytesIO(_read_many([entries[0][2]])[0])).size
+        except Exception:  # the reader's own error comes from decoding the subset
+            return False
+    return whole.wanted(len(entries), n_asked, h, w)
+
+
+def _decode_subsets(root: Path, classes: list[str], splits: dict[str, tuple[Entries, int | None]],
+                    image_size: int | None, seed: int) -> Split:
     out: Split = {"classes": classes}
-    for split, size in (("train", train_size), ("test", test_size)):
-        entries = sorted(found[split], key=lambda e: e[0])
-        labels = [index[c] for _, c, _ in entries]
+    for split, (entries, size) in splits.items():
+        labels = [y for _, y, _ in entries]
         keep = balanced_subset(labels, size, seed)
         blobs = _read_many([entries[i][2] for i in keep])
         items = [(entries[i][0], blob) for i, blob in zip(keep, blobs, strict=True)]
@@ -368,14 +533,16 @@ def _tiny_folder(root: Path) -> TinyListing:
     return found
 
 
-def _tiny_archive(tar: tarfile.TarFile) -> TinyListing:
-    """List a Tiny-ImageNet archive in one sequential pass; the two text files are read as they pass by.
+def _tiny_archive(tar: tarfile.TarFile, budget: list[float] | None = None) -> TinyListing:
+    """List a Tiny-ImageNet archive in one sequential pass; the two text files (and images while ``budget``
+    lasts, see :func:`_read_member`) are read as they pass by.
 
     Members are recognised by the end of their path (``wnids.txt``, ``val/val_annotations.txt``,
     ``train/<wnid>/images/<file>``, ``val/images/<file>``), so any top folder (or none) works; the top
     folder of ``wnids.txt`` is the one kept when an archive holds several.
     """
     by_top: dict[tuple[str, ...], TinyListing] = {}
+    budget = budget or [0, 0]
     for member in tar:
         if not member.isfile():
             continue
@@ -389,9 +556,9 @@ def _tiny_archive(tar: tarfile.TarFile) -> TinyListing:
             continue
         elif len(parts) >= 4 and parts[-4] == "train" and parts[-2] == "images":
             listing = by_top.setdefault(parts[:-4], TinyListing())
-            listing.train.setdefault(parts[-3], []).append((member.name, (tar, member)))
+            listing.train.setdefault(parts[-3], []).append((member.name, _read_member(tar, member, budget)))
         elif len(parts) >= 3 and parts[-3:-1] == ("val", "images"):
-            by_top.setdefault(parts[:-3], TinyListing()).val[parts[-1]] = (tar, member)
+            by_top.setdefault(parts[:-3], TinyListing()).val[parts[-1]] = _read_member(tar, member, budget)
     with_wnids = [listing for listing in by_top.values() if listing.wnids is not None]
     return with_wnids[0] if with_wnids else TinyListing()
 
@@ -401,22 +568,24 @@ def _member_text(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
 
 
 def read_tiny_imagenet(root: Path, image_size: int | None, train_size: int | None,
-                       test_size: int | None, seed: int) -> Split:
-    """Tiny-ImageNet-200 from its folder or its .tar/.tar.gz; subsets are chosen before anything is decoded."""
+                       test_size: int | None, seed: int, whole: WholeSet | None = None) -> Split:
+    """Tiny-ImageNet-200 from its folder or its .tar/.tar.gz; subsets are chosen before anything is decoded
+    (or the whole set decoded, as ``whole`` decides: module docstring)."""
     if not root.exists():
         raise UserError(f"[data].root: {root} does not exist; tiny-imagenet expects the extracted "
                         f"{TINY_WRAP}/ folder or its .tar/.tar.gz")
     if root.is_dir():
-        return _decode_tiny(root, _tiny_folder(root), image_size, train_size, test_size, seed)
+        return _decode_tiny(root, _tiny_folder(root), image_size, train_size, test_size, seed, whole)
     try:
         with tarfile.open(root, "r:*") as tar:
-            return _decode_tiny(root, _tiny_archive(tar), image_size, train_size, test_size, seed)
+            found = _tiny_archive(tar, whole.budget(train_size, test_size) if whole else None)
+            return _decode_tiny(root, found, image_size, train_size, test_size, seed, whole)
     except ARCHIVE_ERRORS as e:  # truncated gzip, corrupt stream, not a tar at all, ...
         raise UserError(_archive_problem(root, e)) from None
 
 
 def _decode_tiny(root: Path, found: TinyListing, image_size: int | None, train_size: int | None,
-                 test_size: int | None, seed: int) -> Split:
+                 test_size: int | None, seed: int, whole: WholeSet | None = None) -> Split:
     """Pick the balanced subsets from a listing, read their bytes in one pass and decode them."""
     if found.wnids is None or found.annotations is None:
         raise UserError(f"[data].root: tiny-imagenet expects wnids.txt, train/<wnid>/images/ and val/images/ "
@@ -434,14 +603,8 @@ def _decode_tiny(root: Path, found: TinyListing, image_size: int | None, train_s
                 raise UserError(f"[data].root: val/val_annotations.txt in {root} names val/images/{fields[0]}, "
                                 "which is missing; download or extract the data set again")
             test.append((f"val/images/{fields[0]}", index[fields[1]], handle))
-    out: Split = {"classes": classes}
-    for split, entries, size in (("train", train, train_size), ("test", test, test_size)):
-        keep = balanced_subset([y for _, y, _ in entries], size, seed)
-        blobs = _read_many([entries[i][2] for i in keep])
-        items = [(entries[i][0], blob) for i, blob in zip(keep, blobs, strict=True)]
-        out[f"{split}_x"] = decode_all(items, image_size, f"{root} ({split})")
-        out[f"{split}_y"] = torch.tensor([entries[i][1] for i in keep], dtype=torch.int64)
-    return out
+    return _decode_splits(root, classes, {"train": (train, train_size), "test": (test, test_size)}, image_size,
+                          seed, whole)
 
 
 def resize_uint8(x: torch.Tensor, side: int, chunk: int = 1024) -> torch.Tensor:

@@ -6,7 +6,9 @@ it to a :class:`Trainer`, which for each epoch: draws the on-device permutation 
 loader), calls the method on each batch under autocast, backpropagates through the gradient scaler,
 steps the optimiser, lets the method update its momentum modules, updates the weight EMA, and
 evaluates every ``eval.every`` epochs. The host synchronises only every ``train.log_every`` steps
-and at epoch ends. Checkpoints are written atomically at epoch boundaries and hold
+and at epoch ends. Each epoch's record also holds its CPU seconds (``time.process_time`` of this process: every
+thread, not wall time, so a shared machine disturbs it less) and torch's intra-op ``threads`` (set by
+``[train].threads``, else left as torch chose). Checkpoints are written atomically at epoch boundaries and hold
 ``Trainer.state_dict()``; ``--resume`` is ``Trainer.load_state_dict`` of it, which restores every
 state (weights, optimiser, scaler, EMA, all random generators) so a resumed run reproduces an
 uninterrupted one. Under torchrun, only rank 0 writes records and prints.
@@ -19,9 +21,11 @@ is dropped and leaves the old run as it was.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,7 @@ from mixbench.mixing.base import MixRNG
 from mixbench.mixing.cost import time_ms
 from mixbench.recipe import Recipe
 from mixbench.results.atomic import atomic_torch_save
+from mixbench.results.differs import method_differs
 from mixbench.results.records import (
     OpenRun,
     RunDir,
@@ -165,6 +170,7 @@ class Trainer:
         method.train()
         dev = run.device
         t0 = t_log = time.perf_counter()
+        cpu0 = time.process_time()
         s_log, lr = 0, 0.0
         loss_sum = torch.zeros((), device=dev)
         term_sums: dict[str, torch.Tensor] = {}  # the method's other named scalars, summed on the device
@@ -201,12 +207,14 @@ class Trainer:
             if self._stop_now(stop, i == steps or i % log_every == 0):
                 raise Interrupted
         train_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - cpu0
         if run.dist.enabled:  # the epoch means over every process's images: one all-reduce per epoch
             packed = all_reduce_sum(torch.stack([loss_sum, *term_sums.values()]), run.dist) / run.dist.world_size
             loss_sum, term_sums = packed[0], dict(zip(term_sums, packed[1:], strict=True))
         record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum.item() / steps, "lr": lr,
                                   "top1": None, "top5": None, "epoch_seconds": train_s,
-                                  "images_per_s": steps * images / train_s}
+                                  "images_per_s": steps * images / train_s, "cpu_seconds": cpu_s,
+                                  "threads": torch.get_num_threads()}
         if term_sums:  # epoch means of e.g. mask_rate, pseudo_acc, loss_mixer: one sync per epoch
             means = (torch.stack(list(term_sums.values())) / steps).tolist()
             record["terms"] = dict(zip(term_sums, means, strict=True))
@@ -352,9 +360,13 @@ class Trainer:
         if self.run_dir is None or self.run_dir.staged:
             return {}
         run = self.run
-        summary = summarize(self.run_dir.read_metrics(), status=status,
+        metrics = self.run_dir.read_metrics()
+        summary = summarize(metrics, status=status,
                             base={**self._summary_base(), "status": status, "wall_time_s": wall,
                                   "peak_memory_mb": _peak_memory_mb(run.device)})
+        cpu = [m["cpu_seconds"] for m in metrics if m.get("cpu_seconds") is not None]
+        summary["cpu_seconds"] = sum(cpu) if cpu else None  # training CPU time of the epochs recorded (rank 0)
+        summary["threads"] = torch.get_num_threads()
         if self.mixer_ms is not None and summary.get("images_per_s"):
             step_ms = 1000.0 * run.images_per_step / summary["images_per_s"]
             summary["mixer_overhead_pct"] = 100.0 * self.mixer_ms / step_ms
@@ -369,6 +381,7 @@ class Trainer:
                 "epochs": recipe.train["epochs"], "seed": recipe.seed, "device": device_name(run.device),
                 "params": sum(p.numel() for p in run.method.model.parameters()),
                 "mixer_ms_per_step": self.mixer_ms, "method_settings": run.method.describe(),
+                "differs": method_differs(run.method),  # how it departs from the reference (compare's dagger)
                 "labels": run.info.train_len if run.method.batch.needs_label_split else None,
                 **self.calibration, **_distributed_fields(run)}
 
@@ -423,7 +436,7 @@ def fit(recipe: Recipe, *, out_root: Path, device: torch.device, resume: bool = 
     after the run is recorded, its lock released and the process group gone: they only add ``RUN/evals/``, and a
     failure or Ctrl-C there leaves the run record whole (the error says so).
     """
-    with StopFlag(immediate=True) as stop:
+    with StopFlag(immediate=True) as stop, _torch_threads(recipe.train.get("threads")):
         dist = setup(device.type)
         dev, reporter = device_for(dist, device), reporter or make_reporter(dist.is_main)
         clean = False
@@ -435,8 +448,24 @@ def fit(recipe: Recipe, *, out_root: Path, device: torch.device, resume: bool = 
             teardown(dist, barrier=clean)
         stopped = stop.requested  # a signal after the last step's check: the run is complete, skip the rest
     if result.status == "completed" and dist.is_main and recipe.eval["after"]:
-        result.evals = _evaluate_after(result.run_dir, recipe.eval["after"], dev, reporter, stopped=stopped)
+        with _torch_threads(recipe.train.get("threads")):
+            result.evals = _evaluate_after(result.run_dir, recipe.eval["after"], dev, reporter, stopped=stopped)
     return result
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (``[train].threads``) for the block, then put back;
+    ``None`` leaves them as they are."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _evaluate_after(run_dir: Path, names: list[str], device: torch.device, reporter: Reporter, *,

@@ -21,6 +21,10 @@ set (its ``protocol["data"]``): ``transfer:<data>`` holds its ``transfer_top1``,
 the hash and ``transfer_mode:<data>`` its ``protocol["mode"]`` (``linear`` or ``finetune``; ``?`` when
 missing). Of several results of one evaluator (per target data set for transfer) the most recent
 (``created``) counts.
+
+Each row also holds ``differs`` (how its method differs from the reference: summary.json's ``differs``, else,
+for runs written before it was recorded, the registry's current text) and ``differs_from`` (``run record`` or
+``registry``); see ``mixbench.results.differs``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixbench.results.differs import run_differs
 from mixbench.results.liveness import is_stale
 
 if sys.version_info >= (3, 11):
@@ -183,6 +188,7 @@ def inspect_run(folder: Path) -> RunRecord:
         info.setdefault("method", folder.parent.name)
     if not _check_identity(rec, info, meta):
         return rec
+    _note_differs(rec, summary)
     metrics, metric_problems = [], []
     if (folder / "metrics.jsonl").is_file():
         metrics, metric_problems = read_metrics(folder / "metrics.jsonl")
@@ -225,6 +231,16 @@ def _check_identity(rec: RunRecord, info: dict[str, Any], meta: dict[str, Any] |
     for key in ("method", "dataset", "backbone", "epochs", "labels", "loss", "name", "run_id"):
         row[key] = info.get(key)
     return True
+
+
+def _note_differs(rec: RunRecord, summary: dict[str, Any] | None) -> None:
+    """``differs`` / ``differs_from``: how the run's method differs from its reference (summary.json's record,
+    else the registry's current text; see ``mixbench.results.differs``); a wrong-typed record is named."""
+    stored = (summary or {}).get("differs")
+    if stored is not None and not isinstance(stored, str):
+        rec.problems.append(f"differs is {_show(stored)}, not a string, the registry's current text is shown")
+        summary = {k: v for k, v in (summary or {}).items() if k != "differs"}
+    rec.row["differs"], rec.row["differs_from"] = run_differs(summary, rec.row.get("method"))
 
 
 def _of_epochs(info: dict[str, Any]) -> str:

@@ -34,6 +34,15 @@ value of each column in bold (``**x**`` in Markdown, ``\textbf{x}`` in LaTeX, ``
 terminal table). Published reference rows (``--reference``) are rows of their own under the
 method they belong to, never bold.
 
+Where a method differs from its reference implementation (its ``differs`` text, recorded in summary.json,
+else the registry's current text for runs written before that, see ``mixbench.results.differs``), its row's
+method carries a dagger and the table a footnote with each distinct text once (``†``; ``†1``, ``†2``, ... when
+there are several); csv and json hold the texts in ``differs`` and their source in ``differs_from``. Groups
+where no row differs keep their columns as before. With ``--reference``, each row whose method has one
+published value of the ranked metric for the group's data set, backbone and epochs gets ``published`` and
+``delta_published`` (ours − published), shown as ``published`` and ``Δ published`` right after the metric, so
+a gap reads at once against the footnote that explains it; the ``(published)`` rows stay as before.
+
 Headline top-1 = the median of the last N evaluated epochs, N from the schedule: the last 10
 evaluated epochs for runs of 200 or more epochs (OpenMixup's rule), otherwise the last 5 % of
 the evaluated epochs, rounded up, at least 1 (6 epochs -> 1, 100 -> 5, 199 -> 10); N is at most
@@ -52,6 +61,7 @@ no usable top-1, ``1 unreadable``).
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -67,6 +77,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from mixbench.errors import UserError
+from mixbench.results.differs import by_label, footnotes, row_differs
 from mixbench.results.inspect import (
     EVAL_COLUMNS,
     LONG_RUN_EPOCHS,
@@ -77,7 +88,7 @@ from mixbench.results.inspect import (
     protocol_key,
 )
 
-FORMATS = ("table", "markdown", "csv", "json", "latex")
+FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
 PIVOT_FORMATS = ("table", "markdown", "latex")
 REFERENCE_CSV = Path(__file__).with_name("reference_cifar.csv")
 REFERENCE_SSL_CSV = Path(__file__).with_name("reference_ssl.csv")  # solo-learn and lightly, with their protocol
@@ -155,7 +166,7 @@ def collect_runs(dirs: list[Path], *, warn: Callable[[str], None] | None = _stde
     df = pd.DataFrame(rows)
     for col in ("method", "status", "dataset", "backbone", "epochs", "top1", "median_window", "top1_best",
                 "top1_last", "wall_time_s", "images_per_s", "mixer_ms_per_step", "momentum_top1", "loss",
-                "run_id", "name", "labels",
+                "run_id", "name", "labels", "differs", "differs_from",
                 *(c for _, key in EVAL_COLUMNS.values() for c in (key, protocol_key(key)))):
         if col not in df:
             df[col] = None
@@ -218,6 +229,8 @@ def _method_row(method: str, runs: pd.DataFrame, evals: dict[str, str]) -> dict[
     top1 = _values(done, "top1")
     windows = sorted({int(w) for w in pd.to_numeric(done["median_window"], errors="coerce").dropna()})
     wall = _mean(done["wall_time_s"])
+    differs, differs_from = row_differs(*(list(done[k]) if k in done else [None] * len(done)
+                                          for k in ("differs", "differs_from")))
     return {
         "method": method, "n": int(len(done)),
         "top1": sum(top1) / len(top1) if top1 else None,
@@ -231,6 +244,7 @@ def _method_row(method: str, runs: pd.DataFrame, evals: dict[str, str]) -> dict[
         "images_per_s": _mean(done["images_per_s"]), "mixer_ms": _mean(done["mixer_ms_per_step"]),
         "other": ", ".join(f"{n} {status}" for status, n in sorted(others.items(), key=lambda kv: (-kv[1], kv[0]))),
         "protocols_differ": ", ".join(column for column, key in evals.items() if len(_protocols(done, key)) > 1),
+        "differs": differs, "differs_from": differs_from,
     }
 
 
@@ -366,13 +380,17 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False, metric: 
             if labels.count(row["method"]) > 1:  # same label, other settings: name the recipe
                 row["method"] += f" [{r['name'].iloc[0] or r['row_key'].iloc[0].split('|')[-1]}]"
         _eval_columns(group, configs, evals)
+        if not any(r["differs"] for r in group.rows):  # no row differs from its reference: no columns for it
+            for row in group.rows:
+                del row["differs"], row["differs_from"]
         if metric != "top1" and all(r.get(metric) is None for r in group.rows):
             group.metric = "top1"  # nothing to rank by here: say so, and give top-1 its statistics
             group.notes.append(f"note: no run in this table has {metric}; rows are ranked by top-1")
         _rank_stats(group, configs, _metric_key(group.metric, evals))
         if include_reference and group.labels is None:
-            extra = [k for k in group.rows[0] if k not in COLUMNS] if group.rows else []
             ssl = [self_supervised_run(r.get("path"), r.get("method")) for _, r in g.iterrows()]
+            _published_columns(group, configs, supervised=not all(ssl), self_supervised=any(ssl))
+            extra = [k for k in group.rows[0] if k not in COLUMNS] if group.rows else []
             published = reference_rows(dataset, backbone, int(epochs), supervised=not all(ssl),
                                        self_supervised=any(ssl))
             group.rows += [{k: None for k in extra} | r for r in published]
@@ -381,6 +399,43 @@ def leaderboard(runs: pd.DataFrame, *, include_reference: bool = False, metric: 
         group.rows.sort(key=_rank_key(group.metric))
         groups.append(group)
     return groups
+
+
+def _published_columns(group: Group, configs: list[pd.DataFrame], *, supervised: bool,
+                       self_supervised: bool) -> None:
+    """``published`` and ``delta_published`` (our mean − published) of each row whose method has exactly one
+    published value of the group's metric for this data set, backbone and epochs; none where no row has one.
+    Where a method has several (lightly's kNN at two batch sizes), a note points to its published rows."""
+    table = [r for r in published_values(supervised=supervised, self_supervised=self_supervised)
+             if (r["dataset"], r["backbone"], r["epochs"], r["metric"])
+             == (group.dataset, group.backbone, group.epochs, group.metric)]
+    for row, runs in zip(group.rows, configs, strict=True):
+        method = runs["method"].iloc[0]
+        values = sorted({r["value"] for r in table if r["method"] == method})
+        value = values[0] if len(values) == 1 else None
+        mean = row.get(group.metric)
+        row["published"] = value
+        row["delta_published"] = mean - value if value is not None and mean is not None else None
+        if len(values) > 1:
+            group.notes.append(f"note: {row['method']}: {len(values)} published {group.metric} values here "
+                               f"({', '.join(f'{v:.2f}' for v in values)}); see its (published) rows")
+    if all(r["published"] is None for r in group.rows):
+        for row in group.rows:
+            del row["published"], row["delta_published"]
+
+
+def published_values(*, supervised: bool = True, self_supervised: bool = False) -> list[dict[str, Any]]:
+    """Every published number as ``{dataset, backbone, epochs, method, metric, value}``: OpenMixup's top-1
+    (``supervised``), solo-learn's and lightly's rows with their metric (``self_supervised``)."""
+    out = []
+    if supervised:
+        with open(REFERENCE_CSV, newline="") as f:
+            out += [{"dataset": r["dataset"], "backbone": r["backbone"], "epochs": int(r["epochs"]),
+                     "method": r["method"], "metric": "top1", "value": float(r["top1"])} for r in csv.DictReader(f)]
+    if self_supervised:
+        out += [{"dataset": r["dataset"], "backbone": r["backbone"], "epochs": int(r["epochs"]), "method": r["method"],
+                 "metric": r["metric"], "value": float(r["value"])} for r in _ssl_reference()]
+    return out
 
 
 def _check_has_values(runs: pd.DataFrame, metric: str, evals: dict[str, str]) -> None:
@@ -477,11 +532,17 @@ def metric_header(metric: str, windows: list[int]) -> str:
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 
 
-def _table_columns(g: Group) -> list[Column]:
-    """The (header, cell) columns of one group's table: the ranked metric with its statistics after n."""
+def _table_columns(g: Group, marks: list[str] | None = None) -> list[Column]:
+    """The (header, cell) columns of one group's table: the ranked metric with its statistics after n, the
+    published value and our difference to it next to the metric (``--reference``). ``marks``: each row's
+    dagger (``footnotes``), shown after its method."""
     m, rows = g.metric, g.rows
-    cols: list[Column] = [("method", lambda r: r["method"]), ("n", lambda r: str(r["n"])),
+    mark = {id(r): f" {x}" for r, x in zip(rows, marks or [], strict=False) if x}
+    cols: list[Column] = [("method", lambda r: r["method"] + mark.get(id(r), "")), ("n", lambda r: str(r["n"])),
                           (metric_header(m, g.windows), lambda r: _mean_std(r, m))]
+    if any(r.get("published") is not None for r in rows):
+        cols += [("published", lambda r: _fmt(r.get("published"))),
+                 ("Δ published", lambda r: "" if r.get("delta_published") is None else f"{r['delta_published']:+.2f}")]
     if any(r.get("ci_low") is not None for r in rows):
         cols.append(("95% CI", _fmt_ci))
     if any(r.get("p_vanilla") is not None for r in rows):
@@ -522,6 +583,10 @@ def legend(g: Group, headers: list[str]) -> list[str]:
     if g.metric != "top1":
         better = "lower" if g.metric in LOWER_IS_BETTER else "higher"
         lines.append(f"ranking: {name}, {better} is better; 95% CI, p and Δ vanilla are of {name}")
+    if "published" in headers:
+        what = "top-1" if g.metric == "top1" else name
+        lines.append(f"published: the published {what} of the same method, data set, backbone and epochs (its "
+                     "(published) row); Δ published = ours − published")
     if "95% CI" in headers:
         text = "stats: 95% CI = mean ± t(0.975, n-1) * std / sqrt(n) over the seeds of a row"
         if "p vs vanilla" in headers:
@@ -533,12 +598,23 @@ def legend(g: Group, headers: list[str]) -> list[str]:
 def _with_notes(table: str, notes: list[str], fmt: str) -> str:
     for note in notes:
         if note:
-            table += {"markdown": f"\n\n{note}", "latex": f"\n% {note}"}.get(fmt, f"\n{note}")
+            table += {"markdown": f"\n\n{note}", "latex": f"\n% {note}",
+                      "html": f"\n<p>{html.escape(note)}</p>"}.get(fmt, f"\n{note}")
     return table
 
 
+def _flat(v: Any) -> Any:
+    """A csv cell: a list (a row's ``differs`` texts) joined by `` | ``."""
+    return " | ".join(map(str, v)) if isinstance(v, list) else v
+
+
 def render(groups: list[Group], fmt: str) -> str:
-    """The leaderboard as table (terminal), markdown, csv, json or latex."""
+    """The leaderboard as table (terminal), markdown, csv, json, latex or html.
+
+    Rows whose method differs from its reference carry a dagger after the method and a footnote under the
+    table (``mixbench.results.differs.footnotes``); csv and json hold the texts in ``differs`` (csv: joined by
+    `` | ``) and where each came from in ``differs_from``.
+    """
     if fmt not in FORMATS:
         raise UserError(f"compare: unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
     if fmt == "json":
@@ -547,19 +623,21 @@ def render(groups: list[Group], fmt: str) -> str:
                            for g in groups], indent=2)
     if fmt == "csv":
         flat = [{"dataset": g.dataset, "backbone": g.backbone, "epochs": g.epochs, "labels": g.labels,
-                 "metric": g.metric, **r} for g in groups for r in g.rows]
+                 "metric": g.metric, **{k: _flat(v) for k, v in r.items()}} for g in groups for r in g.rows]
         buf = io.StringIO()
         pd.DataFrame(flat).to_csv(buf, index=False)
         return buf.getvalue()
-    style = {"table": "simple", "markdown": "github", "latex": "latex_booktabs"}[fmt]
+    style = {"table": "simple", "markdown": "github", "latex": "latex_booktabs", "html": "html"}[fmt]
     parts = []
     for g in groups:
-        cols = _table_columns(g)
+        marks, lines = footnotes(g.rows)
+        cols = _table_columns(g, marks)
         headers = [h for h, _ in cols]
         table = tabulate([[cell(r) for _, cell in cols] for r in g.rows], headers=headers, tablefmt=style,
                          disable_numparse=True)
-        title = {"markdown": f"### {g.title}\n", "latex": f"% {g.title}\n"}.get(fmt, f"{g.title}\n")
-        parts.append(title + _with_notes(table, [window_note(g), *g.notes, *legend(g, headers)], fmt))
+        title = {"markdown": f"### {g.title}\n", "latex": f"% {g.title}\n",
+                 "html": f"<h3>{html.escape(g.title)}</h3>\n"}.get(fmt, f"{g.title}\n")
+        parts.append(title + _with_notes(table, [window_note(g), *g.notes, *legend(g, headers), *lines], fmt))
     return "\n\n".join(parts)
 
 
@@ -635,7 +713,8 @@ def render_pivot(groups: list[Group], fmt: str, metric: str | None = None) -> st
 
     ``fmt``: markdown (``**x**``), latex (``\\textbf{x}``, booktabs) or table (a terminal table, best ``x *``).
     ``metric``: the one ``leaderboard`` ranked by (default: the groups' metric; a group without it, which
-    ``leaderboard`` ranked by top-1, shows '-'). The groups' notes follow, each with its group's title.
+    ``leaderboard`` ranked by top-1, shows '-'). The groups' notes follow, each with its group's title, then
+    the footnotes of the methods that differ from their reference (a dagger after the method, as in ``render``).
     """
     check_pivot_format(fmt)
     if metric is None:
@@ -644,7 +723,7 @@ def render_pivot(groups: list[Group], fmt: str, metric: str | None = None) -> st
     windows = sorted({w for g in groups for w in g.windows})
     name = metric_header(metric, windows)
     labels = _pivot_order(groups, metric)
-    by_label = [{r["method"]: r for r in g.rows} for g in groups]
+    rows_by_label = [{r["method"]: r for r in g.rows} for g in groups]
     bests = [_column_best(g, metric) for g in groups]
     mark = {"markdown": "bold", "latex": "bold", "table": "*"}[fmt]
     published = [x for x in labels if x.endswith(PUBLISHED)]
@@ -654,26 +733,32 @@ def render_pivot(groups: list[Group], fmt: str, metric: str | None = None) -> st
              "per column" + (f"; (published): {whose}, never marked" if published else "")]
     for g in groups:
         notes += [f"note: {g.title}: {n.removeprefix('note: ')}" for n in [window_note(g), *g.notes] if n]
+    measured = by_label([r for label in labels for g in groups for r in g.rows
+                         if r["method"] == label and not label.endswith(PUBLISHED)])
+    marks, footnote_lines = footnotes(measured)
+    dagger = {row["method"]: f" {x}" for row, x in zip(measured, marks, strict=True) if x}
+    notes += footnote_lines
     if fmt == "latex":
-        return _pivot_latex(groups, metric, labels, by_label, bests, name, notes)
+        return _pivot_latex(groups, metric, labels, rows_by_label, bests, name, notes, dagger)
     esc = (lambda x: x.replace("|", "\\|")) if fmt == "markdown" else (lambda x: x)
-    body = [[esc(label), *(_pivot_cell(rows.get(label), metric, best, fmt)
-                           for rows, best in zip(by_label, bests, strict=True))] for label in labels]
+    body = [[esc(label) + dagger.get(label, ""), *(_pivot_cell(rows.get(label), metric, best, fmt)
+                                                   for rows, best in zip(rows_by_label, bests, strict=True))]
+            for label in labels]
     table = tabulate(body, headers=["method", *(esc(g.title) for g in groups)],
                      tablefmt="github" if fmt == "markdown" else "simple", disable_numparse=True)
     title = f"### {name}, by data set and backbone\n" if fmt == "markdown" else f"{name}, by data set and backbone\n"
     return title + _with_notes(table, notes, fmt)
 
 
-def _pivot_latex(groups: list[Group], metric: str, labels: list[str], by_label: list[dict[str, dict[str, Any]]],
-                 bests: list[float | None], name: str, notes: list[str]) -> str:
+def _pivot_latex(groups: list[Group], metric: str, labels: list[str], rows_by_label: list[dict[str, dict[str, Any]]],
+                 bests: list[float | None], name: str, notes: list[str], dagger: dict[str, str]) -> str:
     """The pivot as a booktabs tabular, every text escaped, ± as $\\pm$, best as \\textbf{}."""
     lines = [f"% {name}, by data set and backbone", "\\begin{tabular}{l" + "c" * len(groups) + "}", "\\toprule",
              " & ".join(["method", *(latex_escape(g.title.replace(" · ", ", ")) for g in groups)]) + " \\\\",
              "\\midrule"]
     for label in labels:
         cells = [_pivot_cell(rows.get(label), metric, best, "latex")
-                 for rows, best in zip(by_label, bests, strict=True)]
-        lines.append(" & ".join([latex_escape(label), *cells]) + " \\\\")
+                 for rows, best in zip(rows_by_label, bests, strict=True)]
+        lines.append(" & ".join([latex_escape(label) + dagger.get(label, ""), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return _with_notes("\n".join(lines), notes, "latex")
