@@ -141,6 +141,45 @@ def test_prototypes_get_no_gradient_in_epoch_one_and_train_after():
     assert not torch.equal(m.head.weight_v, v0) and torch.all(m.head.weight_g == 1)
 
 
+# ---------------------------------------------------------------- the teacher
+
+
+def test_teacher_is_an_ema_of_backbone_and_head_in_train_mode():
+    """θ_t ← τ θ_t + (1 − τ) θ_s over every student parameter (prototypes included), the teacher apart from
+    the optimiser, its BatchNorm on batch statistics (solo-learn's teacher runs in train mode), its running
+    statistics its own."""
+    m = make_method(momentum=0.9, momentum_end=0.9, freeze_last_layer=0)
+    student, teacher = dict(m.student.named_parameters()), dict(m.teacher.module.named_parameters())
+    assert student.keys() == teacher.keys() and "projector.weight_v" in teacher and "projector.weight_g" in teacher
+    assert not any(p.requires_grad for p in teacher.values())
+    assert not {id(p) for p in teacher.values()} & {id(p) for p in student.values()}
+    trained = {id(p) for g in m.param_groups() for p in g.module.parameters()}
+    assert not trained & {id(p) for p in teacher.values()}
+    m.eval()
+    assert m.teacher.module.training and not m.backbone.training
+    m.train()
+    opt = torch.optim.SGD([p for g in m.param_groups() for p in g.module.parameters() if p.requires_grad], lr=0.5)
+    before = {k: p.detach().clone() for k, p in teacher.items()}
+    stats = {k: b.clone() for k, b in m.teacher.module.named_buffers()}
+    opt.zero_grad(set_to_none=True)
+    m(random_views())["loss"].backward()
+    opt.step()
+    m.on_step_end(1)
+    for k, p in teacher.items():
+        torch.testing.assert_close(p, 0.9 * before[k] + 0.1 * student[k].detach())
+    moved = [k for k in teacher if not torch.equal(teacher[k], before[k])]
+    assert "projector.weight_v" in moved and any(k.startswith("backbone.") for k in moved)
+    teacher_stats = dict(m.teacher.module.named_buffers())
+    running = [k for k in stats if k.endswith("running_mean")]
+    assert running and all(not torch.equal(teacher_stats[k], stats[k]) for k in running)  # its own batches
+    kept = {k: teacher_stats[k].clone() for k in running}
+    for k, b in m.student.named_buffers():
+        if k.endswith("running_mean"):
+            b.fill_(7.0)
+    m.on_step_end(2)  # the EMA leaves the teacher's running statistics alone
+    assert all(torch.equal(teacher_stats[k], kept[k]) for k in running)
+
+
 # ---------------------------------------------------------------- multi-crop
 
 
