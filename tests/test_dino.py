@@ -5,6 +5,7 @@ pairing, shared ratio and soft targets by hand."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +27,9 @@ from mixbench.methods.ssl.mixing import flip_index, sdmp_lambda, shared_ratio
 from mixbench.mixing.base import MixRNG
 from mixbench.models import build_model
 from mixbench.models.base import Classifier
+from mixbench.models.heads import DINOHead
 from mixbench.models.timm_bridge import timm_backbone
+from mixbench.recipe import load_recipe
 
 CPU = torch.device("cpu")
 SMALL_HEAD = {"proj_hidden": 32, "proj_out": 16, "num_prototypes": 24}
@@ -178,6 +181,25 @@ def test_teacher_is_an_ema_of_backbone_and_head_in_train_mode():
             b.fill_(7.0)
     m.on_step_end(2)  # the EMA leaves the teacher's running statistics alone
     assert all(torch.equal(teacher_stats[k], kept[k]) for k in running)
+
+
+def test_shapes_recipe_keeps_batchnorm_in_the_head_and_a_sharp_teacher():
+    """Why ``recipes/ssl/shapes_dino.toml`` needs BatchNorm in the head: without it the bottleneck u = MLP(h) of a
+    fresh head (trunc-normal 0.02 weights) is tiny, ‖u‖ ≈ 0.06, next to what one plain-SGD step (LARS leaves biases
+    alone) puts into its last bias, which then sets the direction of every û = u/‖u‖ (all embeddings collapse
+    within a few steps); with BatchNorm ‖u‖ is O(1)."""
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "ssl" / "shapes_dino.toml")
+    values = recipe.method
+    assert values["use_bn_in_head"] and values["num_prototypes"] == 256
+    assert values["teacher_temperature"] == values["warmup_teacher_temperature"] == 0.02
+    torch.manual_seed(0)
+    x, _ = generate(32, 32, seed=0)
+    backbone = build_model("resnet10_cifar", 10, width=0.25).backbone
+    with torch.no_grad():
+        h = backbone((x.float() / 255 - 0.39) / 0.26).flatten(1)
+        bare = DINOHead(h.shape[1], 512, 128, 256).mlp(h).norm(dim=1).mean()
+        normed = DINOHead(h.shape[1], 512, 128, 256, use_bn=True).mlp(h).norm(dim=1).mean()
+    assert bare < 0.2 < 1.0 < normed, (bare, normed)
 
 
 # ---------------------------------------------------------------- multi-crop

@@ -11,7 +11,8 @@ and ``steps_per_epoch`` (Python ints: no host sync): its weight W enters the stu
 so it gets no gradient at all (``grad is None``), exactly as solo-learn's ``p.grad = None`` after backward,
 and the optimiser skips it (no weight decay, no momentum or Adam state). The teacher temperature is
 solo-learn's per-epoch linear warm-up from ``warmup_teacher_temperature`` over
-``warmup_teacher_temperature_epochs`` epochs (default: 5 % of the run, solo-learn's 50 of 1000).
+``warmup_teacher_temperature_epochs`` epochs (default: 5 % of the run; solo-learn's ImageNet-100 config
+warms up over 50 of 400 epochs, its CIFAR config over none: τ_t = 0.07 from epoch 1).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ DINO_PARAMS: dict[str, Param] = {
                                         low=0, low_open=True),
     "warmup_teacher_temperature_epochs": Param("int", None, "epochs of the linear teacher-temperature warm-up "
                                                "(per epoch, as solo-learn); unset: 5 % of [train].epochs, "
-                                               "rounded (solo-learn's 50 of 1000)", low=0, optional=True),
+                                               "rounded (solo-learn: 50 of 400 on ImageNet-100, 0 on CIFAR)",
+                                               low=0, optional=True),
     "center_momentum": Param("float", 0.9, "momentum m of the centre c", low=0, high=1, high_open=True),
     "momentum": Param("float", 0.9995, "teacher EMA τ at the start", low=0, high=1),
     "momentum_end": Param("float", 1.0, "teacher EMA τ at the end (cosine schedule)", low=0, high=1),
@@ -71,7 +73,7 @@ def teacher_temperature(epoch: int, warmup_epochs: int, start: float, end: float
 
 
 def default_warmup_epochs(epochs: int) -> int:
-    """5 % of the run, rounded half up (solo-learn: 50 warm-up epochs of 1000)."""
+    """5 % of the run, rounded half up (solo-learn: 50 warm-up epochs of 400 on ImageNet-100, 0 on CIFAR)."""
     return math.floor(epochs / 20 + 0.5)
 
 
